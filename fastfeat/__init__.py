@@ -1,0 +1,42 @@
+"""fastfeat: folders of images to CNN features, fast.
+
+``import fastfeat`` is cheap: TensorFlow is imported only by the functions that need it.
+"""
+
+from __future__ import annotations
+
+from ._version import __version__
+
+__all__ = [
+    "Catalog",
+    "ExtractReport",
+    "FeatureStore",
+    "__version__",
+    "build_catalog",
+    "extract",
+    "open_store",
+]
+
+_LAZY = {
+    "extract": ("fastfeat.extraction", "extract"),
+    "ExtractReport": ("fastfeat.extraction", "ExtractReport"),
+    "open_store": ("fastfeat.store", "open_store"),
+    "FeatureStore": ("fastfeat.store", "FeatureStore"),
+    "build_catalog": ("fastfeat.catalog", "build_catalog"),
+    "Catalog": ("fastfeat.catalog", "Catalog"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fastfeat' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

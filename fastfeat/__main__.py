@@ -1,0 +1,3 @@
+from fastfeat.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""CLI subcommands: one module each, with ``register_subparser(subparsers)``."""

@@ -1,0 +1,79 @@
+"""``fastfeat extract SOURCE -o OUT.h5``: features of every image into an HDF5 store."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..decode import DEFAULT_MAX_PIXELS, INTERPOLATIONS
+from ..models import POOLS, PRECISIONS
+from ..preprocess import MODES
+
+
+def register_subparser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "extract",
+        help="extract features of a folder of images into an HDF5 store",
+        description="Extract CNN features of every image under SOURCE into one HDF5 store.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("source", help="folder of class subfolders, flat folder of images, or .txt/.csv file list")
+    p.add_argument("-o", "--output", required=True, help="the .h5 store to write")
+    p.add_argument("--model", default="vgg19", help="keras.applications short name (see `fastfeat models`) or a .keras/.h5 file")
+    p.add_argument(
+        "--layer", dest="layers", action="append", metavar="NAME[:POOL]",
+        help="layer to cut at (repeat for several; all from one forward pass). Default: block4_conv2",
+    )  # fmt: skip
+    p.add_argument("--pool", default="none", choices=POOLS, help="pooling for layers given without :POOL")
+    p.add_argument("--image-size", default=None, help="N or HxW (default: the model's own)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default 32)")
+    p.add_argument("--weights", default="imagenet", help="imagenet, none (random init), or a weights file for the headless base")
+    p.add_argument("--preprocess", default=None, choices=MODES, help="normalization override (default: the model's own)")
+    p.add_argument("--interpolation", default="bilinear", choices=list(INTERPOLATIONS), help="resize filter; nearest = Keras parity")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="stored feature dtype")
+    p.add_argument("--precision", default="float32", choices=PRECISIONS, help="inference precision")
+    p.add_argument("--classes", default=None, help="comma-separated class names, fixing their order")
+    p.add_argument("--exif", action="store_true", help="apply EXIF orientation (Keras does not)")
+    p.add_argument("--no-reduced-decode", action="store_true", help="never use JPEG DCT-domain downscaling")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse images larger than this (bomb guard)")
+    p.add_argument("--follow-links", action="store_true", help="follow symbolic links out of SOURCE")
+    p.add_argument("--compression", default="none", help="none, lzf, gzip or gzip:LEVEL")
+    p.add_argument("--on-error", default="skip", choices=("skip", "raise"), help="what to do with unreadable files")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    group.add_argument("--resume", action="store_true", help="complete an interrupted output (same settings)")
+    p.add_argument("--unsafe-model", action="store_true", help="load a model file without Keras safe mode (runs its code)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..extraction import extract
+
+    report = extract(
+        args.source,
+        args.output,
+        model=args.model,
+        layers=args.layers or ["block4_conv2"],
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        weights=None if args.weights.lower() == "none" else args.weights,
+        pool=args.pool,
+        preprocess=args.preprocess,
+        interpolation=args.interpolation,
+        dtype=args.dtype,
+        precision=args.precision,
+        classes=args.classes.split(",") if args.classes else None,
+        exif=args.exif,
+        reduced_decode=not args.no_reduced_decode,
+        max_pixels=args.max_pixels,
+        follow_links=args.follow_links,
+        compression=args.compression,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        on_error=args.on_error,
+        unsafe_model=args.unsafe_model,
+        progress=not args.quiet,
+    )
+    if not args.quiet:
+        print(report.summary())
+    return 0

@@ -1,0 +1,29 @@
+"""``fastfeat layers MODEL``: every layer name of a model with its output shape."""
+
+from __future__ import annotations
+
+
+def register_subparser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "layers",
+        help="list a model's layers and their output shapes",
+        description="List the layers of MODEL (a short name or a .keras/.h5 file) with output shapes.",
+    )
+    p.add_argument("model")
+    p.add_argument("--image-size", default=None, help="N or HxW (default: the model's own)")
+    p.add_argument("--pool", default="none", choices=("none", "avg", "max"), help="show shapes after pooling")
+    p.add_argument("--unsafe-model", action="store_true", help="load a model file without Keras safe mode")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..models import build_base, list_layers, normalize_size
+
+    base = build_base(args.model, normalize_size(args.image_size), weights=None, safe_mode=not args.unsafe_model)
+    rows = list_layers(base)
+    width = max(len(name) for name, _ in rows)
+    for name, shape in rows:
+        if args.pool != "none" and len(shape) == 3:
+            shape = shape[-1:]
+        print(f"{name:<{width}}  {tuple(shape)}")
+    return 0

@@ -1,0 +1,19 @@
+"""``fastfeat models``: the keras.applications models fastfeat knows by name."""
+
+from __future__ import annotations
+
+
+def register_subparser(subparsers) -> None:
+    p = subparsers.add_parser("models", help="list the models known by short name")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..models import get_spec, models
+
+    print(f"{'model':<20} {'input':>9}  {'preprocess':<10} keras.applications")
+    for name in models():
+        spec = get_spec(name)
+        h, w = spec.default_size
+        print(f"{name:<20} {f'{h}x{w}':>9}  {spec.preprocess:<10} {spec.constructor}")
+    return 0

@@ -1,0 +1,112 @@
+"""The tf.data input pipeline: catalog positions -> decoded, resized, normalized float32 batches.
+
+Shape of the pipeline (Keras' own recipe, with OpenCV and Numba in the map functions)::
+
+    positions -> map(read + decode + resize, parallel, GIL released by OpenCV)
+              -> batch -> map(Numba kernel: uint8 batch -> float32 batch, parallel) -> prefetch
+
+A file that cannot be read yields an all-zero image with ``ok = False`` and its reason in
+:attr:`Loader.reasons`; the consumer drops those rows (they are never written as features).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import decode as _decode
+from .catalog import Catalog
+from .kernels import normalize_batch
+from .preprocess import Normalization, get_normalization
+
+
+@dataclass
+class DecodeOptions:
+    """How files become uint8 RGB arrays (see :func:`fastfeat.decode.decode_image`)."""
+
+    size: tuple[int, int]
+    interpolation: str = "bilinear"
+    exif: bool = False
+    reduced: bool = True
+    max_pixels: int | None = _decode.DEFAULT_MAX_PIXELS
+
+    def __post_init__(self):
+        _decode.check_interpolation(self.interpolation)
+
+
+@dataclass
+class Loader:
+    """Builds the tf.data pipeline for a catalog and remembers why files failed.
+
+    Args:
+        catalog: what to read.
+        options: decoding options (target size, interpolation, ...).
+        normalization: input normalization mode or :class:`Normalization`.
+        transform: optional batch function ``(uint8 batch, catalog positions) -> float32 batch``
+            replacing the plain normalization (used for augmentation).
+    """
+
+    catalog: Catalog
+    options: DecodeOptions
+    normalization: Normalization | str = "none"
+    transform: object = None
+    reasons: dict = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self):
+        self.normalization = get_normalization(self.normalization)
+        self._norm_args = self.normalization.kernel_args()
+
+    # -- per-item and per-batch work (called by tf.data from its threads) -------------------
+    def load(self, position: int) -> tuple[np.ndarray, bool]:
+        """Decode catalog item ``position``: (uint8 image, ok)."""
+        o = self.options
+        path = self.catalog.abspath(int(position))
+        try:
+            image = _decode.load_image(
+                path, o.size, interpolation=o.interpolation, exif=o.exif, reduced=o.reduced, max_pixels=o.max_pixels
+            )
+            return image, True
+        except _decode.DecodeError as e:
+            reason = e.reason
+        except Exception as e:  # noqa: BLE001 -- any decoder failure is reported per file, never fatal
+            reason = f"{type(e).__name__}: {e}"
+        with self._lock:
+            self.reasons[int(position)] = reason
+        return np.zeros((o.size[0], o.size[1], 3), np.uint8), False
+
+    def normalize(self, images: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """uint8 batch -> float32 batch through the Numba kernel (or the augmentation transform)."""
+        if self.transform is not None:
+            return self.transform(images, positions)
+        out = np.empty(images.shape, np.float32)
+        normalize_batch(images, out, *self._norm_args)
+        return out
+
+    # -- tf.data assembly -------------------------------------------------------------------
+    def dataset(self, positions, batch_size: int, prefetch: int | None = None):
+        """A ``tf.data.Dataset`` of ``(images float32 (b,h,w,3), positions int64 (b,), ok bool (b,))``."""
+        import tensorflow as tf
+
+        h, w = self.options.size
+        positions = np.asarray(positions, dtype=np.int64)
+
+        def load(position):
+            image, ok = tf.numpy_function(lambda p: self.load(p), [position], [tf.uint8, tf.bool], stateful=False)
+            image.set_shape((h, w, 3))
+            ok.set_shape(())
+            return image, position, ok
+
+        def normalize(images, pos, ok):
+            out = tf.numpy_function(self.normalize, [images, pos], tf.float32, stateful=False)
+            out.set_shape((None, h, w, 3))
+            return out, pos, ok
+
+        ds = tf.data.Dataset.from_tensor_slices(positions)
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(batch_size)
+        ds = ds.map(normalize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.prefetch(prefetch if prefetch is not None else tf.data.AUTOTUNE)
+        return ds

@@ -1,0 +1,289 @@
+"""The model registry, truncation at named layers, and precision policies.
+
+Each keras.applications family is described by a :class:`ModelSpec` (its constructor, default
+input size and input normalization). :func:`build_extractor` builds the base, cuts it at one or
+more layers (all of them come out of one forward pass) and optionally pools each cut to a vector.
+Keras is imported lazily: ``models()`` and the specs cost nothing to import.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+
+POOLS = ("none", "avg", "max")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A keras.applications model: how to build it and what input it expects.
+
+    Attributes:
+        name: short name used on the command line (``vgg19``).
+        constructor: attribute of ``keras.applications`` (``VGG19``).
+        default_size: (height, width) the ImageNet weights were trained at.
+        preprocess: normalization mode of its ``preprocess_input`` (see ``fastfeat.preprocess``).
+        min_size: smallest input side the architecture accepts.
+    """
+
+    name: str
+    constructor: str
+    default_size: tuple[int, int]
+    preprocess: str
+    min_size: int = 32
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def _register(name, constructor, size, preprocess, min_size=32):
+    _REGISTRY[name] = ModelSpec(name, constructor, (size, size), preprocess, min_size)
+
+
+_register("vgg16", "VGG16", 224, "caffe")
+_register("vgg19", "VGG19", 224, "caffe")
+for _depth in (50, 101, 152):
+    _register(f"resnet{_depth}", f"ResNet{_depth}", 224, "caffe")
+    _register(f"resnet{_depth}v2", f"ResNet{_depth}V2", 224, "tf")
+_register("inceptionv3", "InceptionV3", 299, "tf", 75)
+_register("inceptionresnetv2", "InceptionResNetV2", 299, "tf", 75)
+_register("xception", "Xception", 299, "tf", 71)
+_register("mobilenet", "MobileNet", 224, "tf")
+_register("mobilenetv2", "MobileNetV2", 224, "tf")
+# MobileNetV3, EfficientNet(V2) and ConvNeXt normalize inside the graph: they take raw 0..255.
+_register("mobilenetv3small", "MobileNetV3Small", 224, "none")
+_register("mobilenetv3large", "MobileNetV3Large", 224, "none")
+for _depth in (121, 169, 201):
+    _register(f"densenet{_depth}", f"DenseNet{_depth}", 224, "torch")
+for _b, _size in enumerate((224, 240, 260, 300, 380, 456, 528, 600)):
+    _register(f"efficientnetb{_b}", f"EfficientNetB{_b}", _size, "none")
+for _b, _size in enumerate((224, 240, 260, 300)):
+    _register(f"efficientnetv2b{_b}", f"EfficientNetV2B{_b}", _size, "none")
+for _v, _size in (("s", 384), ("m", 480), ("l", 480)):
+    _register(f"efficientnetv2{_v}", f"EfficientNetV2{_v.upper()}", _size, "none")
+for _v in ("tiny", "small", "base", "large", "xlarge"):
+    _register(f"convnext{_v}", f"ConvNeXt{_v.capitalize()}", 224, "none")
+_register("nasnetmobile", "NASNetMobile", 224, "tf")
+_register("nasnetlarge", "NASNetLarge", 331, "tf")
+
+
+def models() -> list[str]:
+    """Short names of every registered keras.applications model."""
+    return list(_REGISTRY)
+
+
+def is_model_file(model: str) -> bool:
+    """True if ``model`` names a saved Keras model file rather than a registry name."""
+    return str(model).lower().endswith((".keras", ".h5", ".hdf5"))
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` for a short name (case and ``_``/``-`` insensitive)."""
+    key = str(name).lower().replace("_", "").replace("-", "")
+    if key not in _REGISTRY:
+        close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"Unknown model {name!r}.{hint} Run `fastfeat models` for the list, or pass a .keras/.h5 file. "
+            f"Received: model={name!r}"
+        )
+    return _REGISTRY[key]
+
+
+def parse_layer(spec: str, default_pool: str = "none") -> tuple[str, str]:
+    """Split ``"name"`` or ``"name:avg"`` into (layer name, pool)."""
+    name, sep, pool = str(spec).rpartition(":")
+    if not sep:
+        name, pool = spec, default_pool
+    pool = pool.lower()
+    if pool not in POOLS:
+        raise ValueError(f"Pooling must be one of {', '.join(POOLS)}. Received: {spec!r}")
+    return name, pool
+
+
+def feature_key(layer: str, pool: str) -> str:
+    """The store's name for a cut: the layer name, with ``:avg``/``:max`` when pooled."""
+    return layer if pool == "none" else f"{layer}:{pool}"
+
+
+def normalize_size(image_size) -> tuple[int, int] | None:
+    """``None``, an int or a (height, width) pair to ``None`` or (height, width)."""
+    if image_size is None:
+        return None
+    if isinstance(image_size, int):
+        size = (image_size, image_size)
+    elif isinstance(image_size, str):
+        parts = image_size.lower().replace("x", ",").split(",")
+        size = tuple(int(p) for p in parts if p.strip())
+        if len(size) == 1:
+            size = (size[0], size[0])
+    else:
+        size = tuple(int(s) for s in image_size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"`image_size` must be an int or (height, width). Received: image_size={image_size!r}")
+    return size
+
+
+class WeightsDownloadError(RuntimeError):
+    """Keras could not fetch ImageNet weights."""
+
+
+def _with_policy(precision: str):
+    """Context manager: a Keras global dtype policy for the duration of a build."""
+    import contextlib
+
+    import keras
+
+    @contextlib.contextmanager
+    def scope():
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(precision)
+        try:
+            yield
+        finally:
+            keras.config.set_dtype_policy(previous)
+
+    return scope()
+
+
+def build_base(
+    model: str,
+    image_size: tuple[int, int] | None = None,
+    weights: str | None = "imagenet",
+    precision: str = "float32",
+    safe_mode: bool = True,
+):
+    """Build a headless keras.applications base, or load a saved model file.
+
+    Args:
+        model: registry name (``vgg19``) or path to a ``.keras``/``.h5`` model.
+        image_size: (height, width); default: the model's own size.
+        weights: ``"imagenet"``, ``None``/``"none"`` (random init), or a path to a weights file for
+            the ``include_top=False`` base.
+        precision: Keras dtype policy to build under.
+        safe_mode: load model files with Keras safe mode (no arbitrary code from lambdas).
+
+    Returns:
+        The Keras model.
+    """
+    import keras
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"`precision` must be one of {', '.join(PRECISIONS)}. Received: precision={precision!r}")
+    if is_model_file(model):
+        if not os.path.exists(model):
+            raise FileNotFoundError(f"No such model file: {model!r}")
+        with _with_policy(precision):
+            loaded = keras.saving.load_model(model, compile=False, safe_mode=safe_mode)
+        return loaded
+
+    spec = get_spec(model)
+    size = image_size or spec.default_size
+    if min(size) < spec.min_size:
+        raise ValueError(
+            f"{spec.name} needs inputs of at least {spec.min_size}x{spec.min_size}. Received: image_size={size}"
+        )
+    if isinstance(weights, str) and weights.lower() == "none":
+        weights = None
+    weights_file = None
+    if weights not in (None, "imagenet"):
+        weights_file = os.fspath(weights)
+        if not os.path.exists(weights_file):
+            raise FileNotFoundError(f"No such weights file: {weights_file!r}. Received: weights={weights!r}")
+        weights = None
+    constructor = getattr(keras.applications, spec.constructor)
+    kwargs = dict(include_top=False, weights=weights, input_shape=(size[0], size[1], 3))
+    with _with_policy(precision):
+        try:
+            base = constructor(**kwargs)
+        except Exception as e:  # noqa: BLE001 -- any download failure becomes one clear message
+            if weights == "imagenet" and _looks_like_download_error(e):
+                raise WeightsDownloadError(
+                    f"Could not download the ImageNet weights for {spec.name} ({type(e).__name__}: {e}). "
+                    "Check the network connection, or pass `--weights PATH` to a saved weights file, "
+                    "or `--weights none` for random initialization."
+                ) from e
+            raise
+    if weights_file is not None:
+        try:
+            base.load_weights(weights_file)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(
+                f"Could not load weights from {weights_file!r} into {spec.name} "
+                f"(include_top=False, input {size[0]}x{size[1]}): {e}"
+            ) from e
+    return base
+
+
+def _looks_like_download_error(e: Exception) -> bool:
+    text = f"{type(e).__name__} {e}".lower()
+    return any(k in text for k in ("url", "http", "fetch", "download", "connection", "resolve", "network"))
+
+
+def list_layers(model) -> list[tuple[str, tuple]]:
+    """(name, output shape without the batch axis) for every layer with a single output."""
+    rows = []
+    for layer in model.layers:
+        try:
+            shape = tuple(layer.output.shape[1:])
+        except (AttributeError, ValueError):
+            continue
+        rows.append((layer.name, shape))
+    return rows
+
+
+def resolve_layer(model, name: str):
+    """``model.get_layer(name)``, with a ``ValueError`` listing the closest names when unknown."""
+    names = [layer.name for layer in model.layers]
+    if name in names:
+        return model.get_layer(name)
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.4)
+    hint = f" Closest: {', '.join(close)}." if close else ""
+    raise ValueError(
+        f"Model {model.name!r} has no layer {name!r}.{hint} "
+        f"Run `fastfeat layers MODEL` for all {len(names)} names. Received: layer={name!r}"
+    )
+
+
+def truncate(base, cuts: list[tuple[str, str]]):
+    """A model from ``base``'s input to every cut ``(layer, pool)``, as a dict keyed by feature key.
+
+    All outputs come out of one forward pass. Pooled cuts are reduced over their spatial axes.
+    """
+    import keras
+
+    outputs = {}
+    for layer_name, pool in cuts:
+        out = resolve_layer(base, layer_name).output
+        if pool != "none":
+            if len(out.shape) != 4:
+                raise ValueError(
+                    f"Pooling needs a 4-D (batch, height, width, channels) output; layer {layer_name!r} "
+                    f"gives {tuple(out.shape)}. Use pool 'none' for it."
+                )
+            pooling = keras.layers.GlobalAveragePooling2D if pool == "avg" else keras.layers.GlobalMaxPooling2D
+            out = pooling(name=f"fastfeat_{pool}_{layer_name}")(out)
+        outputs[feature_key(layer_name, pool)] = out
+    return keras.Model(inputs=base.inputs, outputs=outputs, name=f"{base.name}_fastfeat")
+
+
+def input_size_of(model) -> tuple[int, int] | None:
+    """(height, width) of a model's image input, or ``None`` if not fixed."""
+    shape = model.inputs[0].shape
+    if len(shape) != 4 or shape[1] is None or shape[2] is None:
+        return None
+    return int(shape[1]), int(shape[2])
+
+
+def make_infer_fn(extractor):
+    """A compiled function: float32 batch -> dict of float32 feature arrays (one forward pass)."""
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def infer(x):
+        outputs = extractor(x, training=False)
+        return {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
+
+    return infer
