@@ -266,7 +266,8 @@ def truncate(base, cuts: list[tuple[str, str]]):
             pooling = keras.layers.GlobalAveragePooling2D if pool == "avg" else keras.layers.GlobalMaxPooling2D
             out = pooling(name=f"fastfeat_{pool}_{layer_name}")(out)
         outputs[feature_key(layer_name, pool)] = out
-    return keras.Model(inputs=base.inputs, outputs=outputs, name=f"{base.name}_fastfeat")
+    inputs = base.inputs[0] if len(base.inputs) == 1 else base.inputs  # a list input warns on tensor calls
+    return keras.Model(inputs=inputs, outputs=outputs, name=f"{base.name}_fastfeat")
 
 
 def input_size_of(model) -> tuple[int, int] | None:
