@@ -40,7 +40,8 @@ class ExtractReport:
 
     Attributes:
         output: the store's path.
-        images: feature rows written by this run.
+        images: images extracted by this run.
+        rows: feature rows written by this run (images x (1 + augmented copies)).
         failures: files that could not be read in this run.
         seconds: wall-clock time of the whole run, model build included.
         images_per_second: steady-state throughput (after the first, warm-up batch).
@@ -54,6 +55,7 @@ class ExtractReport:
     failures: int
     seconds: float
     images_per_second: float
+    rows: int = 0
     startup_seconds: float = 0.0
     model: str = ""
     layers: list[str] = field(default_factory=list)
@@ -132,8 +134,8 @@ class _Writer(threading.Thread):
                 continue
             t0 = time.perf_counter()
             try:
-                features, labels, paths, index, failures = item
-                self.writer.append(features, labels, paths, index)
+                features, labels, paths, index, copy, failures = item
+                self.writer.append(features, labels, paths, index, copy)
                 self.writer.add_failures(*failures)
                 self.writer.commit()
             except BaseException as e:  # noqa: BLE001 -- re-raised in the main thread
@@ -179,6 +181,9 @@ def extract(
     resume: bool = False,
     on_error: str = "skip",
     unsafe_model: bool = False,
+    augment=None,
+    augment_copies: int = 0,
+    seed: int | None = None,
     progress: bool = True,
 ) -> ExtractReport:
     """Extract features of every image under ``source`` into the HDF5 store ``output``.
@@ -207,6 +212,12 @@ def extract(
         resume: complete an existing, interrupted output with the same settings.
         on_error: ``skip`` (record unreadable files and go on) or ``raise``.
         unsafe_model: load a model file without Keras safe mode (runs code stored in it).
+        augment: a :class:`fastfeat.Augment`, its dict, or a JSON file of it; with
+            ``augment_copies``.
+        augment_copies: store K augmented copies of every image after its plain features. Rows
+            come batch by batch: the batch's plain rows, then copy 1 of the same images, ...,
+            copy K; ``FeatureStore.copies`` and ``.index`` say which is which.
+        seed: seed of the augmentation draws (same seed, same copies; default 0).
         progress: show a progress bar.
 
     Returns:
@@ -225,6 +236,18 @@ def extract(
     keys = [feature_key(*cut) for cut in cuts]
     if len(set(keys)) != len(keys):
         raise ValueError(f"`layers` repeats a cut. Received: layers={list(layers)}")
+    augment_copies = int(augment_copies or 0)
+    if augment_copies < 0:
+        raise ValueError(f"`augment_copies` must be >= 0. Received: augment_copies={augment_copies}")
+    if augment_copies and augment is None:
+        raise ValueError("`augment_copies` needs `augment` (the augmentation to apply). Received: augment=None")
+    if augment is not None and not augment_copies:
+        raise ValueError(
+            "`augment` is only used for augmented copies: pass augment_copies >= 1 (--augment-copies K). "
+            f"Received: augment_copies={augment_copies}"
+        )
+    augment = _resolve_augment(augment)
+    seed = 0 if seed is None else int(seed)
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
@@ -273,9 +296,9 @@ def extract(
         "source": os.path.abspath(os.fspath(source)),
         "catalog_size": len(catalog),
         "class_names": list(catalog.class_names),
-        "augment_copies": 0,
-        "augment": None,
-        "seed": None,
+        "augment_copies": augment_copies,
+        "augment": augment.to_dict() if augment is not None else None,
+        "seed": seed if augment_copies else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": _versions(),
     }
@@ -300,12 +323,15 @@ def extract(
             done = writer.processed_indices()
             positions = np.setdiff1d(positions, done, assume_unique=True)
             report.resumed_from = writer.rows
+        copies = [augment.batch_transform(normalization, seed, copy=k) for k in range(1, augment_copies + 1)]
         loader = Loader(
             catalog,
             DecodeOptions(size, interpolation, exif, reduced_decode, max_pixels),
             normalization,
+            copies=copies,
         )
         _run(loader, positions, batch_size, infer, writer, report, on_error, progress)
+        report.startup_seconds = report.startup_seconds - t_start if report.startup_seconds else 0.0
     except KeyboardInterrupt:
         report.interrupted = True
         writer.close(complete=False)
@@ -327,6 +353,21 @@ def extract(
     return report
 
 
+def _resolve_augment(augment):
+    """``None``, an ``Augment``, its dict, or a path to its JSON file -> ``Augment`` or ``None``."""
+    if augment is None:
+        return None
+    from .augment import Augment
+
+    if isinstance(augment, Augment):
+        return augment
+    if isinstance(augment, dict):
+        return Augment.from_dict(augment)
+    if isinstance(augment, (str, os.PathLike)):
+        return Augment.from_json(os.fspath(augment))
+    raise ValueError(f"`augment` must be an Augment, a dict or a JSON file path. Received: augment={augment!r}")
+
+
 def _check_resumable(stored: dict, wanted: dict) -> None:
     diffs = [
         f"  {k}: store has {stored.get(k)!r}, this run has {wanted.get(k)!r}"
@@ -335,6 +376,15 @@ def _check_resumable(stored: dict, wanted: dict) -> None:
     ]
     if diffs:
         raise ValueError("Cannot resume: the store was written with other settings:\n" + "\n".join(diffs))
+
+
+def _infer_rows(infer, images, batch_size: int) -> dict[str, np.ndarray]:
+    """Run the compiled model over ``images`` in slices of ``batch_size`` rows."""
+    n = int(images.shape[0])
+    if n <= batch_size:
+        return {k: v.numpy() for k, v in infer(images).items()}
+    parts = [infer(images[i : i + batch_size]) for i in range(0, n, batch_size)]
+    return {k: np.concatenate([p[k].numpy() for p in parts]) for k in parts[0]}
 
 
 def _run(loader, positions, batch_size, infer, writer, report, on_error, progress):
@@ -355,20 +405,19 @@ def _run(loader, positions, batch_size, infer, writer, report, on_error, progres
         while True:
             t0 = time.perf_counter()
             try:
-                images, pos, ok = next(iterator)
+                images, pos, ok, copy = next(iterator)
             except StopIteration:
                 break
             t1 = time.perf_counter()
-            outputs = infer(images)
-            outputs = {k: v.numpy() for k, v in outputs.items()}
+            outputs = _infer_rows(infer, images, batch_size)
             t2 = time.perf_counter()
-            pos = pos.numpy()
-            ok = ok.numpy()
+            pos, ok, copy = pos.numpy(), ok.numpy(), copy.numpy()
+            plain = copy == 0
             if on_error == "raise" and not ok.all():
                 bad = int(pos[~ok][0])
                 raise DecodeError(loader.reasons.get(bad, "unreadable"), catalog.abspath(bad))
             keep = np.flatnonzero(ok)
-            failed = [int(p) for p in pos[~ok]]
+            failed = [int(p) for p in pos[plain & ~ok]]
             failures = (
                 failed,
                 [catalog.paths[p] for p in failed],
@@ -380,17 +429,20 @@ def _run(loader, positions, batch_size, infer, writer, report, on_error, progres
                 catalog.labels[kept_pos],
                 [catalog.paths[p] for p in kept_pos],
                 kept_pos,
+                copy[keep],
                 failures,
             )
             waited = sink.put(item)
-            report.images += len(keep)
+            report.images += int(np.count_nonzero(ok & plain))
+            report.rows += len(keep)
             report.failures += len(failed)
             report.failure_list.extend(zip(failures[1], failures[2]))
-            bar.update(len(pos))
+            bar.update(int(np.count_nonzero(plain)))
             if steady_start is None:
                 steady_start = time.perf_counter()  # the first batch carries tracing and warm-up
+                report.startup_seconds = steady_start
             else:
-                steady_images += len(pos)
+                steady_images += int(np.count_nonzero(plain))
                 stages["input_wait"] += t1 - t0
                 stages["inference"] += t2 - t1
                 stages["writer_wait"] += waited

@@ -7,6 +7,10 @@ Shape of the pipeline (Keras' own recipe, with OpenCV and Numba in the map funct
 
 A file that cannot be read yields an all-zero image with ``ok = False`` and its reason in
 :attr:`Loader.reasons`; the consumer drops those rows (they are never written as features).
+
+With ``copies`` (augmentation transforms), each batch of ``b`` images comes out as
+``(1 + len(copies)) * b`` rows: the plainly normalized images, then each augmented copy of the
+same images in turn, with a ``copy`` id per row (0 = plain, k = ``copies[k - 1]``).
 """
 
 from __future__ import annotations
@@ -46,12 +50,15 @@ class Loader:
         normalization: input normalization mode or :class:`Normalization`.
         transform: optional batch function ``(uint8 batch, catalog positions) -> float32 batch``
             replacing the plain normalization (used for augmentation).
+        copies: extra batch functions of the same form, each adding one (augmented) copy of
+            every image after the plain rows.
     """
 
     catalog: Catalog
     options: DecodeOptions
     normalization: Normalization | str = "none"
     transform: object = None
+    copies: list = field(default_factory=list)
     reasons: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -86,8 +93,16 @@ class Loader:
         return out
 
     # -- tf.data assembly -------------------------------------------------------------------
+    def normalize_with_copies(self, images: np.ndarray, positions: np.ndarray):
+        """The plain batch followed by every copy: (float32 rows, positions, copy ids)."""
+        parts = [self.normalize(images, positions)] + [copy(images, positions) for copy in self.copies]
+        n = len(positions)
+        copy_ids = np.repeat(np.arange(len(parts), dtype=np.int32), n)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0], np.tile(positions, len(parts)), copy_ids
+
     def dataset(self, positions, batch_size: int, prefetch: int | None = None):
-        """A ``tf.data.Dataset`` of ``(images float32 (b,h,w,3), positions int64 (b,), ok bool (b,))``."""
+        """A ``tf.data.Dataset`` of ``(images float32 (r,h,w,3), positions int64 (r,), ok bool (r,),
+        copy int32 (r,))`` with ``r = (1 + len(copies)) * b`` rows per batch of ``b`` images."""
         import tensorflow as tf
 
         h, w = self.options.size
@@ -100,9 +115,17 @@ class Loader:
             return image, position, ok
 
         def normalize(images, pos, ok):
-            out = tf.numpy_function(self.normalize, [images, pos], tf.float32, stateful=False)
+            if not self.copies:
+                out = tf.numpy_function(self.normalize, [images, pos], tf.float32, stateful=False)
+                out.set_shape((None, h, w, 3))
+                return out, pos, ok, tf.zeros_like(pos, dtype=tf.int32)
+            out, rows, copy = tf.numpy_function(
+                self.normalize_with_copies, [images, pos], [tf.float32, tf.int64, tf.int32], stateful=False
+            )
             out.set_shape((None, h, w, 3))
-            return out, pos, ok
+            rows.set_shape((None,))
+            copy.set_shape((None,))
+            return out, rows, tf.tile(ok, [1 + len(self.copies)]), copy
 
         ds = tf.data.Dataset.from_tensor_slices(positions)
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
