@@ -9,12 +9,21 @@ from ..models import POOLS, PRECISIONS
 from ..preprocess import MODES
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one worth showing."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def register_subparser(subparsers) -> None:
     p = subparsers.add_parser(
         "extract",
         help="extract features of a folder of images into an HDF5 store",
         description="Extract CNN features of every image under SOURCE into one HDF5 store.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("source", help="folder of class subfolders, flat folder of images, or .txt/.csv file list")
     p.add_argument("-o", "--output", required=True, help="the .h5 store to write")
@@ -43,7 +52,50 @@ def register_subparser(subparsers) -> None:
     group.add_argument("--resume", action="store_true", help="complete an interrupted output (same settings)")
     p.add_argument("--unsafe-model", action="store_true", help="load a model file without Keras safe mode (runs its code)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    aug = p.add_argument_group(
+        "augmented copies",
+        "Store K augmented copies of every image after its plain features (ImageDataGenerator semantics).",
+    )
+    aug.add_argument("--augment-copies", type=int, default=0, metavar="K", help="augmented copies per image")
+    aug.add_argument("--augment", default=None, metavar="CONFIG.json", help="augmentation settings (Augment.to_dict() JSON)")
+    aug.add_argument("--seed", type=int, default=None, help="seed of the augmentation draws (default 0)")
+    for flag, kind, text in AUGMENT_FLAGS:
+        aug.add_argument(flag, type=kind, default=None, help=text)
+    aug.add_argument("--horizontal-flip", action="store_true", default=None, help="random left-right flips")
+    aug.add_argument("--vertical-flip", action="store_true", default=None, help="random up-down flips")
+    aug.add_argument("--fill-mode", default=None, choices=("constant", "nearest", "reflect", "wrap"), help="points outside the image")
     p.set_defaults(func=run)
+
+
+def _floats(text: str):
+    """``"0.2"`` -> 0.2, ``"0.8,1.2"`` -> [0.8, 1.2]."""
+    parts = [float(v) for v in text.split(",") if v.strip()]
+    return parts[0] if len(parts) == 1 else parts
+
+
+AUGMENT_FLAGS = (
+    ("--rotation-range", float, "rotation range in degrees"),
+    ("--width-shift-range", _floats, "horizontal shift: fraction of width (<1) or pixels"),
+    ("--height-shift-range", _floats, "vertical shift: fraction of height (<1) or pixels"),
+    ("--shear-range", float, "shear angle in degrees"),
+    ("--zoom-range", _floats, "zoom: z for [1-z, 1+z], or LO,HI"),
+    ("--brightness-range", _floats, "brightness factor range LO,HI"),
+    ("--channel-shift-range", float, "random channel shifts"),
+    ("--cval", float, "fill value for --fill-mode constant"),
+)
+
+
+def augment_from_args(args):
+    """The augmentation asked for on the command line: a JSON file, flags, or both (flags win)."""
+    names = [flag[2:].replace("-", "_") for flag, _, _ in AUGMENT_FLAGS]
+    names += ["horizontal_flip", "vertical_flip", "fill_mode"]
+    flags = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    if args.augment is None and not flags:
+        return None
+    from ..augment import Augment
+
+    base = Augment.from_json(args.augment).to_dict() if args.augment else {}
+    return Augment.from_dict({**base, **flags})
 
 
 def run(args) -> int:
@@ -72,6 +124,9 @@ def run(args) -> int:
         resume=args.resume,
         on_error=args.on_error,
         unsafe_model=args.unsafe_model,
+        augment=augment_from_args(args),
+        augment_copies=args.augment_copies,
+        seed=args.seed,
         progress=not args.quiet,
     )
     if not args.quiet:
