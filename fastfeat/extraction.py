@@ -56,6 +56,7 @@ class ExtractReport:
     seconds: float
     images_per_second: float
     rows: int = 0
+    steady: bool = True
     startup_seconds: float = 0.0
     model: str = ""
     layers: list[str] = field(default_factory=list)
@@ -72,11 +73,12 @@ class ExtractReport:
         lines = [
             f"fastfeat: {self.images} images -> {self.output} "
             f"({self.failures} failed) in {self.seconds:.1f} s, "
-            f"{self.images_per_second:.1f} images/s steady state",
+            f"{self.images_per_second:.1f} images/s "
+            + ("steady state" if self.steady else "(a single batch: warm-up included)"),
         ]
         for key, shape in self.shapes.items():
             lines.append(f"  {key}: {tuple(shape)}")
-        if self.stages:
+        if self.stages and self.steady:
             lines.append("  stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.stages.items()))
         for path, reason in self.failure_list[:10]:
             lines.append(f"  failed: {path}: {reason}")
@@ -461,5 +463,6 @@ def _run(loader, positions, batch_size, infer, writer, report, on_error, progres
         report.images_per_second = steady_images / elapsed
     elif report.images:  # a single batch: no steady state to speak of, report it whole
         report.images_per_second = report.images / max(time.perf_counter() - loop_start, 1e-9)
+        report.steady = False
     report.stages = {k: round(v, 3) for k, v in stages.items()}
     report.stages["writer_busy"] = round(sink.busy_seconds, 3)

@@ -64,7 +64,7 @@ def register_subparser(subparsers) -> None:
     aug.add_argument("--horizontal-flip", action="store_true", default=None, help="random left-right flips")
     aug.add_argument("--vertical-flip", action="store_true", default=None, help="random up-down flips")
     aug.add_argument("--fill-mode", default=None, choices=("constant", "nearest", "reflect", "wrap"), help="points outside the image")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, needs_tensorflow=True)
 
 
 def _floats(text: str):

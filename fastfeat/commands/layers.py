@@ -13,7 +13,7 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--image-size", default=None, help="N or HxW (default: the model's own)")
     p.add_argument("--pool", default="none", choices=("none", "avg", "max"), help="show shapes after pooling")
     p.add_argument("--unsafe-model", action="store_true", help="load a model file without Keras safe mode")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, needs_tensorflow=True)
 
 
 def run(args) -> int:
