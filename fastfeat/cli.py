@@ -71,6 +71,21 @@ def _import_tensorflow_quietly() -> None:
         os.close(saved)
 
 
+def _stop_on_sigterm() -> None:
+    """Treat SIGTERM (a scheduler stopping the job) like Ctrl-C: finish the batch in flight, flush,
+    leave a resumable store."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
@@ -78,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "needs_tensorflow", False):
         _import_tensorflow_quietly()
+    _stop_on_sigterm()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
