@@ -71,19 +71,19 @@ def _import_tensorflow_quietly() -> None:
         os.close(saved)
 
 
-def _stop_on_sigterm() -> None:
+def _stop_on_sigterm():
     """Treat SIGTERM (a scheduler stopping the job) like Ctrl-C: finish the batch in flight, flush,
     leave a resumable store."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
-        return
+        return None
 
     def handler(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, handler)
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "needs_tensorflow", False):
         _import_tensorflow_quietly()
-    _stop_on_sigterm()
+    previous = _stop_on_sigterm()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -105,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"fastfeat: error: {e}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
