@@ -2,7 +2,7 @@
 
 Every kernel is written as plain Python over NumPy arrays and compiled with :func:`jit`.
 Set ``FASTFEAT_DISABLE_JIT=1`` to run every kernel as plain Python (slow, for debugging);
-each compiled kernel also keeps its un-jitted original as ``kernel.py_func`` for tests.
+each kernel also keeps its un-jitted original as ``kernel.py_func`` for tests.
 
 Kernels only write into the output buffer they are given; they never allocate it.
 They are compiled with ``nogil=True`` and without ``parallel=True``: tf.data calls them from
@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
-DISABLE_JIT = os.environ.get("FASTFEAT_DISABLE_JIT", "").lower() in ("1", "true", "yes")
+DISABLE_JIT = os.environ.get("FASTFEAT_DISABLE_JIT", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def jit(fn):
-    """Compile ``fn`` with Numba (nopython, nogil, fastmath off), unless jitting is disabled."""
+    """Compile ``fn`` with Numba (nopython, nogil, fastmath off), unless jitting is disabled.
+
+    The returned callable always has a ``py_func`` attribute holding the plain-Python original.
+    Numba is imported only when something is compiled.
+    """
     if DISABLE_JIT:
         fn.py_func = fn
         return fn
@@ -30,16 +32,20 @@ def jit(fn):
 
 
 @jit
-def normalize_batch(src, dst, perm, scale, mean, inv_std):
-    """Write ``dst[i, y, x, c] = (src[i, y, x, perm[c]] * scale[c] - mean[c]) * inv_std[c]``.
+def normalize_batch(src, dst, perm, lut):
+    """Write ``dst[i, y, x, c] = lut[c, src[i, y, x, perm[c]]]`` for every pixel of a uint8 batch.
 
-    ``src`` is a uint8 batch (n, h, w, 3), ``dst`` a float32 buffer of at least that shape
-    (only ``dst[:n]`` is written). ``perm`` reorders channels (``[2, 1, 0]`` turns RGB into BGR).
+    Args:
+        src: uint8 batch (n, h, w, 3).
+        dst: float32 buffer of at least that shape; only ``dst[:n]`` is written.
+        perm: int64 (3,), the source channel of each output channel (``[2, 1, 0]`` turns RGB
+            into BGR).
+        lut: float32 (3, 256), the normalized value of each output channel for each uint8 value
+            (see :meth:`fastfeat.preprocess.Normalization.kernel_args`).
     """
     n, h, w, channels = src.shape
     for i in range(n):
         for y in range(h):
             for x in range(w):
                 for c in range(channels):
-                    v = np.float32(src[i, y, x, perm[c]])
-                    dst[i, y, x, c] = (v * scale[c] - mean[c]) * inv_std[c]
+                    dst[i, y, x, c] = lut[c, src[i, y, x, perm[c]]]
