@@ -8,16 +8,20 @@ from __future__ import annotations
 from ._version import __version__
 
 __all__ = [
+    "Augment",
     "Catalog",
     "ExtractReport",
     "FeatureStore",
     "__version__",
     "build_catalog",
     "extract",
+    "image_dataset",
     "open_store",
 ]
 
 _LAZY = {
+    "Augment": ("fastfeat.augment", "Augment"),
+    "image_dataset": ("fastfeat.dataset", "image_dataset"),
     "extract": ("fastfeat.extraction", "extract"),
     "ExtractReport": ("fastfeat.extraction", "ExtractReport"),
     "open_store": ("fastfeat.store", "open_store"),

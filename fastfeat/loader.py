@@ -100,9 +100,13 @@ class Loader:
         copy_ids = np.repeat(np.arange(len(parts), dtype=np.int32), n)
         return np.concatenate(parts) if len(parts) > 1 else parts[0], np.tile(positions, len(parts)), copy_ids
 
-    def dataset(self, positions, batch_size: int, prefetch: int | None = None):
+    def dataset(self, positions, batch_size: int, prefetch: int | None = None, threads: int | None = None):
         """A ``tf.data.Dataset`` of ``(images float32 (r,h,w,3), positions int64 (r,), ok bool (r,),
-        copy int32 (r,))`` with ``r = (1 + len(copies)) * b`` rows per batch of ``b`` images."""
+        copy int32 (r,))`` with ``r = (1 + len(copies)) * b`` rows per batch of ``b`` images.
+
+        ``threads`` gives the pipeline a private pool of that many threads (and at most that many
+        decodes at once); default: tf.data's shared pool, one thread per core, autotuned.
+        """
         import tensorflow as tf
 
         h, w = self.options.size
@@ -127,9 +131,14 @@ class Loader:
             copy.set_shape((None,))
             return out, rows, tf.tile(ok, [1 + len(self.copies)]), copy
 
+        parallel = tf.data.AUTOTUNE if threads is None else int(threads)
         ds = tf.data.Dataset.from_tensor_slices(positions)
-        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(load, num_parallel_calls=parallel, deterministic=True)
         ds = ds.batch(batch_size)
-        ds = ds.map(normalize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(normalize, num_parallel_calls=parallel, deterministic=True)
         ds = ds.prefetch(prefetch if prefetch is not None else tf.data.AUTOTUNE)
+        if threads is not None:
+            options = tf.data.Options()
+            options.threading.private_threadpool_size = int(threads)
+            ds = ds.with_options(options)
         return ds

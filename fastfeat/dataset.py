@@ -1,0 +1,255 @@
+"""``image_dataset``: a fast drop-in for ``flow_from_directory`` / ``image_dataset_from_directory``.
+
+The pipeline is Keras' own recipe with OpenCV and Numba in the map functions::
+
+    catalog positions -> shuffle (every epoch) -> zip per-epoch random keys
+        -> map(read + decode + resize, parallel; OpenCV releases the GIL) -> drop unreadable
+        -> batch -> map(fused augment + normalize kernel, parallel; Numba releases the GIL)
+        -> prefetch
+
+The catalog rules are :func:`fastfeat.build_catalog`'s (the same as ``fastfeat extract``). Each
+image's augmentation parameters depend on ``(seed, key)``, where ``key`` comes from
+``tf.data.Dataset.random(seed, rerandomize_each_iteration=True)``: different every epoch,
+reproducible from ``seed``. Unreadable images are dropped from their batch (they never reach the
+model; that batch is smaller), with one warning per dataset; ``dataset.unreadable`` maps their
+paths to the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+
+import numpy as np
+
+from .augment import Augment
+from .catalog import IMAGE_EXTENSIONS, Catalog, build_catalog
+from .loader import DecodeOptions, Loader
+from .preprocess import MODES, Normalization, get_normalization
+
+LABEL_MODES = ("int", "categorical", "binary", None)
+SUBSETS = ("training", "validation", "both")
+
+
+def resolve_preprocess(preprocess: str | Normalization | None) -> Normalization:
+    """The normalization for a model short name (``vgg19``), a mode (``caffe``), or ``None`` (raw 0..255).
+
+    Raises:
+        ValueError: if ``preprocess`` is neither a mode nor a registered model.
+    """
+    if preprocess is None:
+        return get_normalization("none")
+    if isinstance(preprocess, Normalization):
+        return preprocess
+    if str(preprocess).lower() in MODES:
+        return get_normalization(str(preprocess).lower())
+    from .models import get_spec  # lazy: the model registry is not needed for modes
+
+    try:
+        spec = get_spec(preprocess)
+    except ValueError:
+        raise ValueError(
+            f"`preprocess` must be a model name (see `fastfeat models`), one of {', '.join(MODES)}, or None. "
+            f"Received: preprocess={preprocess!r}"
+        ) from None
+    return get_normalization(spec.preprocess)
+
+
+def _check_args(image_size, batch_size, label_mode, validation_split, subset, shuffle, seed, augment):
+    if isinstance(image_size, int) and not isinstance(image_size, bool):
+        image_size = (image_size, image_size)
+    if not (
+        isinstance(image_size, (tuple, list))
+        and len(image_size) == 2
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in image_size)
+    ):
+        raise ValueError(f"`image_size` must be (height, width), two positive ints. Received: image_size={image_size!r}")
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
+    if label_mode not in LABEL_MODES:
+        raise ValueError(
+            f"`label_mode` must be one of 'int', 'categorical', 'binary' or None. Received: label_mode={label_mode!r}"
+        )
+    if validation_split is not None and not 0 < validation_split < 1:
+        raise ValueError(
+            f"`validation_split` must be strictly between 0 and 1. Received: validation_split={validation_split!r}"
+        )
+    if (validation_split is None) != (subset is None):
+        raise ValueError(
+            "`validation_split` and `subset` go together: give both or neither. "
+            f"Received: validation_split={validation_split!r}, subset={subset!r}"
+        )
+    if subset is not None and subset not in SUBSETS:
+        raise ValueError(f"`subset` must be 'training', 'validation' or 'both'. Received: subset={subset!r}")
+    if validation_split is not None and shuffle and seed is None:
+        raise ValueError(
+            "If using `validation_split` and shuffling the data, you must provide a `seed` argument, so that "
+            f"training and validation subsets do not overlap. Received: seed={seed!r}"
+        )
+    if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool)):
+        raise ValueError(f"`seed` must be an int or None. Received: seed={seed!r}")
+    if isinstance(augment, dict):
+        augment = Augment.from_dict(augment)
+    if augment is not None and not isinstance(augment, Augment):
+        raise ValueError(f"`augment` must be None, an Augment, or its dict. Received: augment={augment!r}")
+    return tuple(int(v) for v in image_size), augment
+
+
+def split_positions(n: int, validation_split: float | None, shuffle: bool, seed: int | None):
+    """``(training, validation)`` catalog positions, each sorted; disjoint and together complete.
+
+    With ``shuffle`` the split is drawn at random from ``seed`` (the last ``int(split * n)`` of a
+    permutation go to validation), else the catalog's last items are the validation set, as Keras does.
+    """
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    num_val = int(validation_split * n) if validation_split else 0
+    return np.sort(order[: n - num_val]), np.sort(order[n - num_val :])
+
+
+def image_dataset(
+    directory: str | os.PathLike,
+    image_size: tuple[int, int] = (224, 224),
+    batch_size: int = 32,
+    preprocess: str | Normalization | None = "vgg19",
+    augment: Augment | dict | None = None,
+    shuffle: bool = True,
+    seed: int | None = None,
+    validation_split: float | None = None,
+    subset: str | None = None,
+    interpolation: str = "bilinear",
+    classes: list[str] | None = None,
+    label_mode: str | None = "int",
+    follow_links: bool = False,
+    exif: bool = False,
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+):
+    """A ``tf.data.Dataset`` of ``(images, labels)`` batches for ``model.fit``, from a folder of images.
+
+    Args:
+        directory: a folder of class subfolders (or a flat folder, or a .txt/.csv file list), read
+            with :func:`fastfeat.build_catalog`'s rules.
+        image_size: (height, width) the images are resized to.
+        batch_size: images per batch (the last batch may be smaller).
+        preprocess: a model short name (its ``preprocess_input``), a mode (``caffe``, ``tf``, ``torch``,
+            ``rescale``, ``none``), or ``None`` for raw 0..255 float32 as Keras gives.
+        augment: an :class:`fastfeat.Augment` (or its dict) applied to every image, new draws each epoch.
+        shuffle: reshuffle the images every epoch (else catalog order).
+        seed: makes the shuffles, the split and the augmentation reproducible (random if ``None``).
+        validation_split: fraction held out for validation (with ``subset``).
+        subset: ``training``, ``validation`` or ``both`` (returns a pair).
+        interpolation: resize method (``nearest`` reproduces ``flow_from_directory``'s pixels).
+        classes: fixes the class names and their order.
+        label_mode: ``int`` (int32), ``categorical`` (one-hot float32), ``binary`` (float32 (b, 1),
+            two classes), or ``None`` (images only).
+        follow_links: enter symlinked folders.
+        exif: apply EXIF orientation (Keras does not).
+        extensions: image file extensions to keep.
+
+    Returns:
+        The dataset (or a ``(training, validation)`` pair for ``subset="both"``), with attributes
+        ``class_names``, ``file_paths`` (absolute, catalog order; with ``shuffle=False`` the order
+        the images come in) and ``unreadable`` (path -> reason, filled as images fail).
+
+    Raises:
+        ValueError: on invalid arguments (the message names the argument).
+
+    Example::
+
+        train, val = fastfeat.image_dataset("data/train", preprocess="vgg19", seed=1, validation_split=0.2,
+                                            subset="both", augment=fastfeat.Augment(rotation_range=30,
+                                            horizontal_flip=True), label_mode="categorical")
+        model.fit(train, validation_data=val, epochs=10, shuffle=False)  # the dataset shuffles itself;
+        # Keras 3 warns about shuffle=True (its default) with any tf.data.Dataset.
+    """
+    image_size, augment = _check_args(image_size, batch_size, label_mode, validation_split, subset, shuffle, seed,
+                                      augment)  # fmt: skip
+    norm = resolve_preprocess(preprocess)
+    options = DecodeOptions(size=image_size, interpolation=interpolation, exif=exif)
+    catalog = build_catalog(directory, classes=classes, follow_links=follow_links, extensions=extensions)
+    if label_mode is not None and not catalog.labeled:
+        raise ValueError(
+            f"{os.fspath(directory)!r} has no class subfolders (or labels), so there is nothing to label: pass "
+            f"label_mode=None. Received: label_mode={label_mode!r}"
+        )
+    if label_mode == "binary" and len(catalog.class_names) != 2:
+        raise ValueError(
+            f"label_mode='binary' needs exactly 2 classes; found {len(catalog.class_names)}: {catalog.class_names}. "
+            f"Received: label_mode={label_mode!r}"
+        )
+    if seed is None:
+        seed = int(np.random.default_rng().integers(2**31 - 1))
+    training, validation = split_positions(len(catalog), validation_split, shuffle, seed)
+    build = dict(catalog=catalog, options=options, norm=norm, augment=augment, batch_size=int(batch_size),
+                 shuffle=shuffle, seed=int(seed), label_mode=label_mode)  # fmt: skip
+    if subset == "both":
+        return _build(training, **build), _build(validation, **build)
+    positions = validation if subset == "validation" else training
+    if len(positions) == 0:
+        raise ValueError(f"The {subset or 'requested'} subset of {os.fspath(directory)!r} is empty. "
+                         f"Received: validation_split={validation_split!r}")  # fmt: skip
+    return _build(positions, **build)
+
+
+def _build(positions, catalog: Catalog, options, norm, augment, batch_size, shuffle, seed, label_mode):
+    import tensorflow as tf
+
+    h, w = options.size
+    transform = augment.batch_transform(norm, seed=seed, copy=0) if augment is not None else None
+    loader = Loader(catalog, options, normalization=norm, transform=transform)
+    unreadable: dict[str, str] = {}
+    lock = threading.Lock()
+
+    def load(position):
+        image, ok = loader.load(int(position))
+        if not ok:
+            path = catalog.abspath(int(position))
+            with lock:
+                first = not unreadable
+                unreadable[path] = loader.reasons.get(int(position), "unreadable")
+            if first:
+                warnings.warn(
+                    f"image_dataset: skipping unreadable image {path} ({unreadable[path]}). Unreadable images are "
+                    "dropped without further warnings; see `dataset.unreadable`.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        return image, np.bool_(ok)
+
+    def decode(position, key):
+        image, ok = tf.numpy_function(load, [position], [tf.uint8, tf.bool], stateful=False)
+        image.set_shape((h, w, 3))
+        ok.set_shape(())
+        return image, position, key, ok
+
+    labels = tf.constant(catalog.labels.astype(np.int32))
+    num_classes = len(catalog.class_names)
+
+    def finish(images, position, key, ok):
+        # Unreadable images are dropped here rather than by a filter before batching: the number
+        # of batches stays known, which Keras' fit needs to run without "ran out of data" warnings.
+        images, position, key = (tf.boolean_mask(t, ok) for t in (images, position, key))
+        x = tf.numpy_function(loader.normalize, [images, key], tf.float32, stateful=False)
+        x.set_shape((None, h, w, 3))
+        if label_mode is None:
+            return x
+        y = tf.gather(labels, position)
+        if label_mode == "categorical":
+            y = tf.one_hot(y, num_classes, dtype=tf.float32)
+        elif label_mode == "binary":
+            y = tf.expand_dims(tf.cast(y, tf.float32), -1)
+        return x, y
+
+    ds = tf.data.Dataset.from_tensor_slices(np.asarray(positions, np.int64))
+    if shuffle:
+        ds = ds.shuffle(len(positions), seed=seed, reshuffle_each_iteration=True)
+    keys = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)
+    ds = tf.data.Dataset.zip((ds, keys))
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size)
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    ds.class_names = list(catalog.class_names)
+    ds.file_paths = [catalog.abspath(int(p)) for p in positions]
+    ds.unreadable = unreadable
+    return ds
