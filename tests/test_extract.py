@@ -198,3 +198,47 @@ def test_memory_stays_flat_with_number_of_images(tmp_path, tiny_model_file):
     feature_mb = (576 - 96) * 32 * 32 * 8 * 4 / 2**20  # 15 MiB more features in the larger run
     growth_mb = (runs[576]["maxrss_kb"] - runs[96]["maxrss_kb"]) / 1024
     assert growth_mb < feature_mb / 2, (runs, feature_mb)
+
+
+def test_augmented_copies_rows_and_reproducibility(tiny_model_file, tmp_path):
+    import cv2
+
+    root, expected, rng = tmp_path / "textured", [], np.random.default_rng(0)
+    for i in range(9):  # textured images, so that a warp changes the features
+        rel = os.path.join(f"c{i % 2}", f"{i}.png")
+        os.makedirs(root / f"c{i % 2}", exist_ok=True)
+        cv2.imwrite(str(root / rel), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+        expected.append(rel)
+    expected.sort()
+    augment = fastfeat.Augment(rotation_range=30, width_shift_range=0.2, zoom_range=0.2, horizontal_flip=True)
+    kwargs = dict(model=tiny_model_file, layers=["conv2:avg"], batch_size=4, progress=False)
+    plain = fastfeat.extract(root, tmp_path / "plain.h5", **kwargs)
+    a = fastfeat.extract(root, tmp_path / "a.h5", augment=augment, augment_copies=2, seed=7, **kwargs)
+    b = fastfeat.extract(root, tmp_path / "b.h5", augment=augment.to_dict(), augment_copies=2, seed=7, **kwargs)
+    assert plain.rows == 9 and a.images == 9 and a.rows == 27 and b.rows == 27
+    with open_store(tmp_path / "plain.h5") as p, open_store(tmp_path / "a.h5") as x, open_store(tmp_path / "b.h5") as y:
+        copies, index = x.copies, x.index
+        np.testing.assert_array_equal(np.bincount(copies), [9, 9, 9])
+        # row layout: per batch of 4 images, the plain rows, then copy 1, then copy 2
+        np.testing.assert_array_equal(copies[:12], [0] * 4 + [1] * 4 + [2] * 4)
+        np.testing.assert_array_equal(index[:12], [0, 1, 2, 3] * 3)
+        for k in range(3):
+            rows = copies == k
+            np.testing.assert_array_equal(index[rows], np.arange(9))
+            np.testing.assert_array_equal(x.labels[rows], p.labels)
+            assert [x.paths[i] for i in np.flatnonzero(rows)] == expected
+        feats = np.asarray(x.features("conv2:avg"))
+        np.testing.assert_array_equal(feats[copies == 0], np.asarray(p.features("conv2:avg")))
+        assert not np.allclose(feats[copies == 1], feats[copies == 0])
+        assert not np.allclose(feats[copies == 1], feats[copies == 2])
+        np.testing.assert_array_equal(feats, np.asarray(y.features("conv2:avg")))  # same seed, same copies
+        assert x.meta["augment_copies"] == 2 and x.meta["seed"] == 7
+        assert fastfeat.Augment.from_dict(x.meta["augment"]) == augment
+
+
+def test_augment_arguments_are_checked(class_tree, tiny_model_file, tmp_path):
+    root, _ = class_tree
+    with pytest.raises(ValueError, match="`augment_copies` needs `augment`"):
+        fastfeat.extract(root, tmp_path / "x.h5", model=tiny_model_file, augment_copies=2, progress=False)
+    with pytest.raises(ValueError, match="pass augment_copies >= 1"):
+        fastfeat.extract(root, tmp_path / "x.h5", model=tiny_model_file, augment=fastfeat.Augment(), progress=False)
