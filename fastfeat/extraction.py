@@ -20,6 +20,7 @@ from .catalog import build_catalog
 from .decode import DEFAULT_MAX_PIXELS, DecodeError
 from .loader import DecodeOptions, Loader
 from .models import feature_key, get_spec, is_model_file, normalize_size, parse_layer
+from .precision import check_precision
 from .preprocess import get_normalization
 from .store.writer import StoreWriter
 
@@ -62,6 +63,9 @@ class ExtractReport:
     layers: list[str] = field(default_factory=list)
     shapes: dict = field(default_factory=dict)
     precision: str = "float32"
+    precision_auto: dict | None = None
+    device: str = ""
+    nonfinite: int = 0
     batch_size: int = 0
     interrupted: bool = False
     resumed_from: int = 0
@@ -78,6 +82,12 @@ class ExtractReport:
         ]
         for key, shape in self.shapes.items():
             lines.append(f"  {key}: {tuple(shape)}")
+        if self.precision_auto:
+            rates = self.precision_auto.get("images_per_second", {})
+            tried = ", ".join(f"{k} {v:.1f} img/s" for k, v in rates.items() if v) or "one candidate"
+            lines.append(f"  precision: auto -> {self.precision} ({tried}; on {self.device})")
+        elif self.device:
+            lines.append(f"  precision: {self.precision} on {self.device}")
         if self.stages and self.steady:
             lines.append("  stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.stages.items()))
         for path, reason in self.failure_list[:10]:
@@ -172,7 +182,8 @@ def extract(
     preprocess: str | None = None,
     interpolation: str = "bilinear",
     dtype: str = "float32",
-    precision: str = "float32",
+    precision: str = "auto",
+    device: str | None = "auto",
     classes: list[str] | None = None,
     exif: bool = False,
     reduced_decode: bool = True,
@@ -196,14 +207,19 @@ def extract(
         model: a keras.applications short name (``fastfeat.models.models()``) or a ``.keras``/``.h5`` file.
         layers: layer name(s) to cut at, each optionally ``name:avg`` or ``name:max``; one forward pass.
         image_size: int or (height, width); default: the model's own input size.
-        batch_size: images per forward pass (default 32).
+        batch_size: images per forward pass (default: the largest power of two up to 32 on a CPU,
+            256 on a GPU, that fits in memory; see :func:`fastfeat.runtime.choose_batch_size`).
         weights: ``"imagenet"``, ``None`` (random init) or a weights file for the headless base.
         pool: pooling for layers given without one: ``none``, ``avg`` or ``max``.
         preprocess: normalization override (``caffe``, ``tf``, ``torch``, ``rescale``, ``none``);
             default: the model's own (``none`` for a model file).
         interpolation: ``nearest`` (Keras parity), ``bilinear``, ``area``, ``bicubic``, ``lanczos``.
         dtype: stored feature dtype, ``float32`` or ``float16``.
-        precision: Keras dtype policy for inference.
+        precision: Keras dtype policy for inference (``float32``, ``mixed_float16``,
+            ``mixed_bfloat16``), or ``auto``: measure float32 and every reduced precision the
+            hardware supports on the first batch and keep the fastest whose features stay within
+            2e-2 of float32 (see :func:`fastfeat.precision.choose_precision`).
+        device: ``auto`` (first GPU, else CPU), ``cpu``, ``gpu`` or ``gpu:N``.
         classes: fixes class names and order.
         exif: apply EXIF orientation.
         reduced_decode: allow JPEG DCT-domain downscaling for large photos (not with ``nearest``).
@@ -250,6 +266,8 @@ def extract(
         )
     augment = _resolve_augment(augment)
     seed = 0 if seed is None else int(seed)
+    check_precision(precision)
+    batch_size_auto = batch_size is None
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
@@ -268,9 +286,16 @@ def extract(
 
     catalog = build_catalog(source, classes=classes, follow_links=follow_links)
 
-    from .models import build_base, input_size_of, make_infer_fn, truncate
+    from .models import build_base, extractor_builder, input_size_of, make_infer_fn, truncate
+    from .runtime import choose_batch_size, configure
 
-    base = build_base(model, size, weights=weights, precision=precision, safe_mode=not unsafe_model)
+    runtime = configure(device)  # before any TensorFlow op: thread pools, visible device, memory growth
+    requested_precision = precision
+    if precision == "auto" and resume and os.path.exists(output):
+        precision = _stored_meta(output).get("precision", "auto")  # a resumed run keeps the stored choice
+    build_precision = "float32" if precision == "auto" else precision
+    with runtime.device.scope():
+        base = build_base(model, size, weights=weights, precision=build_precision, safe_mode=not unsafe_model)
     if model_file:
         fixed = input_size_of(base)
         if size is None:
@@ -279,9 +304,15 @@ def extract(
             size = fixed
         elif fixed is not None and fixed != size:
             raise ValueError(f"{model!r} takes {fixed[0]}x{fixed[1]} inputs. Received: image_size={size}")
-    extractor = truncate(base, cuts)
+    with runtime.device.scope():
+        extractor = truncate(base, cuts)
     shapes = {k: tuple(int(d) for d in extractor.output[k].shape[1:]) for k in keys}
-    infer = make_infer_fn(extractor)
+    if batch_size_auto:
+        batch_size = choose_batch_size(extractor, runtime.device, build_precision, images=len(catalog))
+    if precision == "auto":
+        infer, build = None, extractor_builder(base, cuts, safe_mode=not unsafe_model)
+    else:
+        infer, build = make_infer_fn(extractor), None
 
     meta = {
         "model": os.path.abspath(model) if model_file else get_spec(model).name,
@@ -291,10 +322,15 @@ def extract(
         "interpolation": interpolation,
         "preprocess": normalization.mode,
         "precision": precision,
+        "precision_requested": requested_precision,
+        "precision_auto": None,
         "dtype": dtype,
         "weights": _weights_label(weights),
         "exif": bool(exif),
         "batch_size": batch_size,
+        "batch_size_auto": batch_size_auto,
+        "device": runtime.device.spec,
+        "runtime": runtime.to_meta(),
         "source": os.path.abspath(os.fspath(source)),
         "catalog_size": len(catalog),
         "class_names": list(catalog.class_names),
@@ -316,7 +352,7 @@ def extract(
     )
     report = ExtractReport(
         output=output, images=0, failures=0, seconds=0.0, images_per_second=0.0, model=meta["model"],
-        layers=keys, shapes=shapes, precision=precision, batch_size=batch_size,
+        layers=keys, shapes=shapes, precision=precision, batch_size=batch_size, device=runtime.device.spec,
     )  # fmt: skip
     try:
         positions = np.arange(len(catalog), dtype=np.int64)
@@ -332,7 +368,8 @@ def extract(
             normalization,
             copies=copies,
         )
-        _run(loader, positions, batch_size, infer, writer, report, on_error, progress)
+        with runtime.device.scope():
+            _run(loader, positions, batch_size, infer, writer, report, on_error, progress, build=build)
         report.startup_seconds = report.startup_seconds - t_start if report.startup_seconds else 0.0
     except KeyboardInterrupt:
         report.interrupted = True
@@ -342,6 +379,15 @@ def extract(
         writer.close(complete=False)
         raise
     writer.close(complete=True)
+    if report.nonfinite:
+        import warnings
+
+        warnings.warn(
+            f"{report.nonfinite} feature values came out NaN/inf under precision {report.precision!r}: "
+            "float16 loses range. Use precision='mixed_bfloat16' or 'float32' (--precision).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     if writer.overflow:
         import warnings
 
@@ -353,6 +399,21 @@ def extract(
         )
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def _stored_meta(output: str) -> dict:
+    """The ``meta`` attribute of an existing store (empty if unreadable)."""
+    import json
+
+    import h5py
+
+    from .store import layout
+
+    try:
+        with h5py.File(output, "r") as f:
+            return json.loads(f.attrs[layout.ATTR_META])
+    except (OSError, KeyError, ValueError):
+        return {}
 
 
 def _resolve_augment(augment):
@@ -389,8 +450,12 @@ def _infer_rows(infer, images, batch_size: int) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k].numpy() for p in parts]) for k in parts[0]}
 
 
-def _run(loader, positions, batch_size, infer, writer, report, on_error, progress):
-    """The main loop: pull batches, infer, hand them to the writer thread."""
+def _run(loader, positions, batch_size, infer, writer, report, on_error, progress, build=None):
+    """The main loop: pull batches, infer, hand them to the writer thread.
+
+    With ``infer=None`` (precision ``auto``), ``build`` (:func:`fastfeat.models.extractor_builder`)
+    makes each candidate, and the first batch chooses the precision before anything is written.
+    """
     from tqdm.auto import tqdm
 
     catalog = loader.catalog
@@ -411,7 +476,23 @@ def _run(loader, positions, batch_size, infer, writer, report, on_error, progres
             except StopIteration:
                 break
             t1 = time.perf_counter()
-            outputs = _infer_rows(infer, images, batch_size)
+            outputs = None
+            if infer is None:  # precision auto: measure on this first batch, before anything is written
+                from .precision import choose_precision
+
+                rows = images.numpy()
+                choice = choose_precision(build, rows[:batch_size], device=report.device or "auto")
+                infer = choice.extractor
+                report.precision, report.precision_auto = choice.choice, choice.to_meta()
+                writer.update_meta(precision=choice.choice, precision_auto=report.precision_auto)
+                if choice.outputs is not None and len(rows) <= batch_size:
+                    outputs = choice.outputs  # the chosen precision's features of this very batch
+            if outputs is None:
+                outputs = _infer_rows(infer, images, batch_size)
+            if report.precision == "mixed_float16":
+                from .precision import count_nonfinite
+
+                report.nonfinite += count_nonfinite(outputs)
             t2 = time.perf_counter()
             pos, ok, copy = pos.numpy(), ok.numpy(), copy.numpy()
             plain = copy == 0

@@ -1,9 +1,12 @@
 """The model registry, truncation at named layers, and precision policies.
 
 Each keras.applications family is described by a :class:`ModelSpec` (its constructor, default
-input size and input normalization). :func:`build_extractor` builds the base, cuts it at one or
-more layers (all of them come out of one forward pass) and optionally pools each cut to a vector.
-Keras is imported lazily: ``models()`` and the specs cost nothing to import.
+input size and input normalization). :func:`build_base` builds the base (or loads a model file)
+under a dtype policy, :func:`truncate` cuts it at one or more layers (all of them come out of one
+forward pass, optionally pooled to vectors), and :func:`make_infer_fn` compiles the forward pass.
+:func:`extractor_builder` gives ``precision -> infer fn`` from one set of weights, for
+:func:`fastfeat.precision.choose_precision`. Keras is imported lazily: ``models()`` and the specs
+cost nothing to import.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ import difflib
 import os
 from dataclasses import dataclass
 
+from .precision import PRECISIONS, check_precision, rebuild_with_policy  # noqa: F401 -- PRECISIONS re-exported
+
 POOLS = ("none", "avg", "max")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,8 @@ for _b, _size in enumerate((224, 240, 260, 300)):
     _register(f"efficientnetv2b{_b}", f"EfficientNetV2B{_b}", _size, "none")
 for _v, _size in (("s", 384), ("m", 480), ("l", 480)):
     _register(f"efficientnetv2{_v}", f"EfficientNetV2{_v.upper()}", _size, "none")
-for _v in ("tiny", "small", "base", "large", "xlarge"):
-    _register(f"convnext{_v}", f"ConvNeXt{_v.capitalize()}", 224, "none")
+for _v, _cls in (("tiny", "Tiny"), ("small", "Small"), ("base", "Base"), ("large", "Large"), ("xlarge", "XLarge")):
+    _register(f"convnext{_v}", f"ConvNeXt{_cls}", 224, "none")
 _register("nasnetmobile", "NASNetMobile", 224, "tf")
 _register("nasnetlarge", "NASNetLarge", 331, "tf")
 
@@ -162,7 +166,8 @@ def build_base(
         image_size: (height, width); default: the model's own size.
         weights: ``"imagenet"``, ``None``/``"none"`` (random init), or a path to a weights file for
             the ``include_top=False`` base.
-        precision: Keras dtype policy to build under.
+        precision: Keras dtype policy to build under (one of :data:`PRECISIONS`). A model file is
+            rebuilt under it when its layers were saved with another policy.
         safe_mode: load model files with Keras safe mode (no arbitrary code from lambdas).
 
     Returns:
@@ -170,14 +175,13 @@ def build_base(
     """
     import keras
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"`precision` must be one of {', '.join(PRECISIONS)}. Received: precision={precision!r}")
+    check_precision(precision, allow_auto=False)
     if is_model_file(model):
         if not os.path.exists(model):
             raise FileNotFoundError(f"No such model file: {model!r}")
-        with _with_policy(precision):
-            loaded = keras.saving.load_model(model, compile=False, safe_mode=safe_mode)
-        return loaded
+        loaded = keras.saving.load_model(model, compile=False, safe_mode=safe_mode)
+        # the file stores a policy per layer: the global policy does not reach them
+        return rebuild_with_policy(loaded, precision, safe_mode=safe_mode)
 
     spec = get_spec(model)
     size = image_size or spec.default_size
@@ -288,3 +292,25 @@ def make_infer_fn(extractor):
         return {k: tf.cast(v, tf.float32) for k, v in outputs.items()}
 
     return infer
+
+
+def extractor_builder(base, cuts: list[tuple[str, str]], safe_mode: bool = True):
+    """``precision -> infer fn`` over ``base`` cut at ``cuts``, every precision with ``base``'s weights.
+
+    For :func:`fastfeat.precision.choose_precision`: each candidate must carry the same weights (two
+    random initializations, or two loads, would make the comparison meaningless). ``base`` is used as
+    it is for its own policy and rebuilt (:func:`fastfeat.precision.rebuild_with_policy`) for others.
+
+    Args:
+        base: the built model (:func:`build_base`).
+        cuts: ``(layer, pool)`` pairs as for :func:`truncate`.
+        safe_mode: Keras safe mode for the rebuild.
+
+    Returns:
+        A function ``build(precision)`` returning ``make_infer_fn(truncate(...))`` for that precision.
+    """
+
+    def build(precision: str):
+        return make_infer_fn(truncate(rebuild_with_policy(base, precision, safe_mode=safe_mode), cuts))
+
+    return build

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..decode import DEFAULT_MAX_PIXELS, INTERPOLATIONS
-from ..models import POOLS, PRECISIONS
+from ..models import POOLS
+from ..precision import PRECISION_CHOICES
 from ..preprocess import MODES
 
 
@@ -34,12 +35,16 @@ def register_subparser(subparsers) -> None:
     )  # fmt: skip
     p.add_argument("--pool", default="none", choices=POOLS, help="pooling for layers given without :POOL")
     p.add_argument("--image-size", default=None, help="N or HxW (default: the model's own)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default 32)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: automatic, within memory)")
     p.add_argument("--weights", default="imagenet", help="imagenet, none (random init), or a weights file for the headless base")
     p.add_argument("--preprocess", default=None, choices=MODES, help="normalization override (default: the model's own)")
     p.add_argument("--interpolation", default="bilinear", choices=list(INTERPOLATIONS), help="resize filter; nearest = Keras parity")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="stored feature dtype")
-    p.add_argument("--precision", default="float32", choices=PRECISIONS, help="inference precision")
+    p.add_argument(
+        "--precision", default="auto", choices=PRECISION_CHOICES,
+        help="inference precision; auto measures float32 and the reduced precisions this hardware supports on the first batch",
+    )  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto, cpu, gpu or gpu:N")
     p.add_argument("--classes", default=None, help="comma-separated class names, fixing their order")
     p.add_argument("--exif", action="store_true", help="apply EXIF orientation (Keras does not)")
     p.add_argument("--no-reduced-decode", action="store_true", help="never use JPEG DCT-domain downscaling")
@@ -114,6 +119,7 @@ def run(args) -> int:
         interpolation=args.interpolation,
         dtype=args.dtype,
         precision=args.precision,
+        device=args.device,
         classes=args.classes.split(",") if args.classes else None,
         exif=args.exif,
         reduced_decode=not args.no_reduced_decode,

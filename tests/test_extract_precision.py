@@ -1,0 +1,53 @@
+"""extract() with precision auto/explicit, automatic batch size and --device (issue 5 integration)."""
+
+from __future__ import annotations
+
+import fastfeat
+from fastfeat.store import open_store
+from fastfeat import precision as P
+
+
+def test_auto_default(class_tree, tiny_model_file, tmp_path):
+    root, expected = class_tree
+    out = tmp_path / "a.h5"
+    report = fastfeat.extract(root, out, model=tiny_model_file, layers=["conv2"], batch_size=4, progress=False)
+    assert report.precision in P.available_precisions("cpu")
+    assert report.precision_auto["choice"] == report.precision
+    with open_store(out) as s:
+        m = s.meta
+        assert m["precision"] == report.precision and m["precision_requested"] == "auto"
+        assert m["precision_auto"]["choice"] == report.precision and m["device"] == "cpu"
+        assert m["runtime"]["threads"]["cores"] >= 1
+    assert "precision" in report.summary()
+
+
+def test_auto_two_candidates(class_tree, tiny_model_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(P, "available_precisions", lambda device="auto", flags=None: ["float32", "mixed_bfloat16"])
+    root, expected = class_tree
+    out = tmp_path / "b.h5"
+    report = fastfeat.extract(root, out, model=tiny_model_file, layers=["conv2"], batch_size=4, progress=False)
+    assert set(report.precision_auto["errors"]) == {"float32", "mixed_bfloat16"}
+    assert report.precision_auto["errors"]["mixed_bfloat16"] <= 2e-2
+    with open_store(out) as s:
+        assert s.meta["precision_auto"]["candidates"] == ["float32", "mixed_bfloat16"]
+        assert s.features("conv2").shape[0] == len(expected)
+    assert "precision" in report.summary()
+
+
+def test_explicit_bf16_and_auto_batch(class_tree, tiny_model_file, tmp_path):
+    root, expected = class_tree
+    out = tmp_path / "c.h5"
+    report = fastfeat.extract(root, out, model=tiny_model_file, layers=["conv2"], precision="mixed_bfloat16", progress=False)
+    assert report.precision == "mixed_bfloat16" and report.precision_auto is None
+    assert report.batch_size == len(expected)  # automatic: capped by the number of images
+    with open_store(out) as s:
+        assert s.meta["batch_size_auto"] is True and s.meta["precision"] == "mixed_bfloat16"
+
+
+def test_cli(class_tree, tiny_model_file, tmp_path):
+    from fastfeat.cli import main
+    root, expected = class_tree
+    assert main([ "extract", str(root), "-o", str(tmp_path / "d.h5"), "--model", tiny_model_file, "--layer", "conv1",
+                  "--device", "cpu", "--quiet"]) == 0
+    assert main([ "extract", str(root), "-o", str(tmp_path / "e.h5"), "--model", tiny_model_file, "--layer", "conv1",
+                  "--device", "tpu", "--quiet"]) == 2
