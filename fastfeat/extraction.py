@@ -369,7 +369,10 @@ def extract(
             copies=copies,
         )
         with runtime.device.scope():
-            _run(loader, positions, batch_size, infer, writer, report, on_error, progress, build=build)
+            _run(
+                loader, positions, batch_size, infer, writer, report, on_error, progress,
+                build=build, threads=runtime.threads.loader,
+            )  # fmt: skip
         report.startup_seconds = report.startup_seconds - t_start if report.startup_seconds else 0.0
     except KeyboardInterrupt:
         report.interrupted = True
@@ -450,7 +453,7 @@ def _infer_rows(infer, images, batch_size: int) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k].numpy() for p in parts]) for k in parts[0]}
 
 
-def _run(loader, positions, batch_size, infer, writer, report, on_error, progress, build=None):
+def _run(loader, positions, batch_size, infer, writer, report, on_error, progress, build=None, threads=None):
     """The main loop: pull batches, infer, hand them to the writer thread.
 
     With ``infer=None`` (precision ``auto``), ``build`` (:func:`fastfeat.models.extractor_builder`)
@@ -459,7 +462,7 @@ def _run(loader, positions, batch_size, infer, writer, report, on_error, progres
     from tqdm.auto import tqdm
 
     catalog = loader.catalog
-    ds = loader.dataset(positions, batch_size)
+    ds = loader.dataset(positions, batch_size, threads=threads)
     bar = tqdm(total=len(positions), unit="img", disable=not progress, dynamic_ncols=True, desc="extract")
     sink = _Writer(writer)
     sink.start()

@@ -2,8 +2,9 @@
 
 Shape of the pipeline (Keras' own recipe, with OpenCV and Numba in the map functions)::
 
-    positions -> map(read + decode + resize, parallel, GIL released by OpenCV)
-              -> batch -> map(Numba kernel: uint8 batch -> float32 batch, parallel) -> prefetch
+    positions -> batch -> map(per batch: read + decode + resize every image into one uint8
+                              buffer, then the Numba kernel to float32; batches in parallel,
+                              GIL released by OpenCV and Numba) -> prefetch
 
 A file that cannot be read yields an all-zero image with ``ok = False`` and its reason in
 :attr:`Loader.reasons`; the consumer drops those rows (they are never written as features).
@@ -92,6 +93,25 @@ class Loader:
         normalize_batch(images, out, *self._norm_args)
         return out
 
+    def load_batch(self, positions: np.ndarray):
+        """Decode a batch of catalog items and normalize it (plus any copies), in one call.
+
+        One ``tf.numpy_function`` per batch rather than per image: the Python and tensor overheads
+        are paid once per batch, the images are decoded straight into one uint8 buffer, and
+        tf.data runs several batches at once (OpenCV and the kernels release the GIL).
+
+        Returns:
+            (float32 rows, catalog positions per row, ok per row, copy id per row).
+        """
+        h, w = self.options.size
+        n = len(positions)
+        images = np.empty((n, h, w, 3), np.uint8)
+        ok = np.empty(n, bool)
+        for i, position in enumerate(positions):
+            images[i], ok[i] = self.load(position)
+        rows, row_positions, copy = self.normalize_with_copies(images, positions)
+        return rows, row_positions, np.tile(ok, len(rows) // max(n, 1)), copy
+
     # -- tf.data assembly -------------------------------------------------------------------
     def normalize_with_copies(self, images: np.ndarray, positions: np.ndarray):
         """The plain batch followed by every copy: (float32 rows, positions, copy ids)."""
@@ -112,30 +132,20 @@ class Loader:
         h, w = self.options.size
         positions = np.asarray(positions, dtype=np.int64)
 
-        def load(position):
-            image, ok = tf.numpy_function(lambda p: self.load(p), [position], [tf.uint8, tf.bool], stateful=False)
-            image.set_shape((h, w, 3))
-            ok.set_shape(())
-            return image, position, ok
+        copies = 1 + len(self.copies)
 
-        def normalize(images, pos, ok):
-            if not self.copies:
-                out = tf.numpy_function(self.normalize, [images, pos], tf.float32, stateful=False)
-                out.set_shape((None, h, w, 3))
-                return out, pos, ok, tf.zeros_like(pos, dtype=tf.int32)
-            out, rows, copy = tf.numpy_function(
-                self.normalize_with_copies, [images, pos], [tf.float32, tf.int64, tf.int32], stateful=False
+        def load_batch(batch_positions):
+            images, rows, ok, copy = tf.numpy_function(
+                self.load_batch, [batch_positions], [tf.float32, tf.int64, tf.bool, tf.int32], stateful=False
             )
-            out.set_shape((None, h, w, 3))
-            rows.set_shape((None,))
-            copy.set_shape((None,))
-            return out, rows, tf.tile(ok, [1 + len(self.copies)]), copy
+            images.set_shape((None, h, w, 3))
+            for t in (rows, ok, copy):
+                t.set_shape((None,))
+            return images, rows, ok, copy
 
         parallel = tf.data.AUTOTUNE if threads is None else int(threads)
-        ds = tf.data.Dataset.from_tensor_slices(positions)
-        ds = ds.map(load, num_parallel_calls=parallel, deterministic=True)
-        ds = ds.batch(batch_size)
-        ds = ds.map(normalize, num_parallel_calls=parallel, deterministic=True)
+        ds = tf.data.Dataset.from_tensor_slices(positions).batch(batch_size)
+        ds = ds.map(load_batch, num_parallel_calls=parallel, deterministic=True)
         ds = ds.prefetch(prefetch if prefetch is not None else tf.data.AUTOTUNE)
         if threads is not None:
             options = tf.data.Options()
