@@ -20,7 +20,7 @@ from .catalog import build_catalog
 from .decode import DEFAULT_MAX_PIXELS, DecodeError
 from .loader import DecodeOptions, Loader
 from .models import feature_key, get_spec, is_model_file, normalize_size, parse_layer
-from .precision import check_precision
+from .precision import PRECISIONS, check_precision
 from .preprocess import get_normalization
 from .store.writer import StoreWriter
 
@@ -291,8 +291,6 @@ def extract(
 
     runtime = configure(device)  # before any TensorFlow op: thread pools, visible device, memory growth
     requested_precision = precision
-    if precision == "auto" and resume and os.path.exists(output):
-        precision = _stored_meta(output).get("precision", "auto")  # a resumed run keeps the stored choice
     build_precision = "float32" if precision == "auto" else precision
     with runtime.device.scope():
         base = build_base(model, size, weights=weights, precision=build_precision, safe_mode=not unsafe_model)
@@ -357,7 +355,12 @@ def extract(
     try:
         positions = np.arange(len(catalog), dtype=np.int64)
         if mode == "resume":
-            _check_resumable(writer.meta, meta)
+            stored = writer.meta
+            if precision == "auto" and stored.get("precision") in PRECISIONS:
+                # a resumed run keeps the precision the first run chose, so its rows match
+                precision = report.precision = meta["precision"] = stored["precision"]
+                infer, build = build(precision), None
+            _check_resumable(stored, meta)
             done = writer.processed_indices()
             positions = np.setdiff1d(positions, done, assume_unique=True)
             report.resumed_from = writer.rows
@@ -402,21 +405,6 @@ def extract(
         )
     report.seconds = time.perf_counter() - t_start
     return report
-
-
-def _stored_meta(output: str) -> dict:
-    """The ``meta`` attribute of an existing store (empty if unreadable)."""
-    import json
-
-    import h5py
-
-    from .store import layout
-
-    try:
-        with h5py.File(output, "r") as f:
-            return json.loads(f.attrs[layout.ATTR_META])
-    except (OSError, KeyError, ValueError):
-        return {}
 
 
 def _resolve_augment(augment):
