@@ -342,7 +342,7 @@ def extract(
     writer = StoreWriter(
         output,
         {k: (shapes[k], dtype) for k in keys},
-        capacity=len(catalog),
+        capacity=len(catalog) * (1 + augment_copies),
         class_names=catalog.class_names,
         meta=meta,
         mode=mode,

@@ -1,6 +1,19 @@
-"""HDF5 feature stores: the writer used by ``extract`` and the reader used by training scripts."""
+"""HDF5 feature stores: the writer used by ``extract`` and the reader used by training scripts.
 
-from .reader import FeatureStore, IncompleteStoreWarning, open_store
-from .writer import StoreWriter
+Importing this package never imports TensorFlow.
+"""
 
-__all__ = ["FeatureStore", "IncompleteStoreWarning", "StoreWriter", "open_store"]
+from .merge import merge_stores
+from .reader import FeatureStore, IncompleteStoreError, IncompleteStoreWarning, open_store
+from .writer import StoreLockedError, StoreWriter, UnrecoverableStoreError
+
+__all__ = [
+    "FeatureStore",
+    "IncompleteStoreError",
+    "IncompleteStoreWarning",
+    "StoreLockedError",
+    "StoreWriter",
+    "UnrecoverableStoreError",
+    "merge_stores",
+    "open_store",
+]

@@ -1,14 +1,16 @@
 """Reading a fastfeat store: :func:`open_store` and :class:`FeatureStore`.
 
-Uncompressed feature datasets are returned as read-only ``np.memmap`` views straight onto the
-file (no h5py chunk cache, no copy); compressed ones as a lazy array that reads rows on demand.
-Opening a store reads only its small metadata, so it costs the same for 1 MB or 1 TB.
+Uncompressed feature datasets come back as read-only ``np.memmap`` views straight onto the file
+(no h5py chunk cache, no copy); compressed ones as a :class:`~fastfeat.store.views.ChunkedArray`
+that decompresses chunks in parallel threads. Opening reads only the small metadata and the
+``/state`` record, so it costs the same for 1 MB or 1 TB. Readers never take HDF5's file lock,
+so any number of them can read a store, also while it is being written: they see the rows
+committed when they opened it (or at their last :meth:`FeatureStore.refresh`).
 This module never imports TensorFlow.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 
@@ -16,89 +18,40 @@ import h5py
 import numpy as np
 
 from . import layout
+from .recovery import read_meta
+from .views import map_features
 
 
 class IncompleteStoreWarning(UserWarning):
     """The store was not finished (interrupted run, or still being written)."""
 
 
-def _memmap(path: str, ds: h5py.Dataset, rows: int) -> np.memmap | None:
-    """A memmap of ``ds[:rows]`` if its bytes lie in one uncompressed piece, else ``None``."""
-    row_shape = ds.shape[1:]
-    if ds.compression is not None or ds.dtype.kind not in "fiub" or rows == 0:
-        return None
-    if ds.chunks is None:
-        offset = ds.id.get_offset()
-        if offset is None:
-            return None
-        return np.memmap(path, dtype=ds.dtype, mode="r", offset=offset, shape=(rows,) + row_shape)
-    chunk_rows = ds.chunks[0]
-    if ds.chunks[1:] != row_shape:
-        return None
-    n_chunks = -(-rows // chunk_rows)
-    chunk_bytes = chunk_rows * int(np.prod(row_shape, dtype=np.int64)) * ds.dtype.itemsize
-    zeros = (0,) * len(row_shape)
-    first = ds.id.get_chunk_info_by_coord((0,) + zeros)
-    last = ds.id.get_chunk_info_by_coord(((n_chunks - 1) * chunk_rows,) + zeros)
-    if first.byte_offset is None or last.byte_offset is None or first.filter_mask or last.filter_mask:
-        return None
-    if last.byte_offset - first.byte_offset != (n_chunks - 1) * chunk_bytes:
-        return None
-    if n_chunks > 2:  # spot-check the middle too: cheap, and catches interleaved allocation
-        mid = n_chunks // 2
-        info = ds.id.get_chunk_info_by_coord((mid * chunk_rows,) + zeros)
-        if info.byte_offset != first.byte_offset + mid * chunk_bytes:
-            return None
-    return np.memmap(path, dtype=ds.dtype, mode="r", offset=first.byte_offset, shape=(rows,) + row_shape)
+class IncompleteStoreError(ValueError):
+    """``open_store(..., allow_incomplete=False)`` on a store whose run did not finish."""
 
 
-class LazyRows:
-    """Array-like over an HDF5 dataset's first ``rows`` rows; indexing reads from the file."""
+def _read_state(path: str, ds: h5py.Dataset) -> np.ndarray:
+    """``/state`` read from the file itself (``pread``), never from an HDF5 cache."""
+    offset = ds.id.get_offset()
+    if offset is None:
+        return ds[:].astype(np.int64)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        raw = os.pread(fd, layout.STATE_SIZE * 8, offset)
+    finally:
+        os.close(fd)
+    return np.frombuffer(raw, dtype=ds.dtype).astype(np.int64)
 
-    def __init__(self, ds: h5py.Dataset, rows: int):
-        self._ds = ds
-        self.shape = (rows,) + ds.shape[1:]
-        self.dtype = ds.dtype
-        self.ndim = len(self.shape)
 
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, item):
-        rows = self.shape[0]
-        first, rest = (item[0], item[1:]) if isinstance(item, tuple) else (item, ())
-        if isinstance(first, slice):
-            idx = np.arange(rows)[first]
-        elif isinstance(first, (int, np.integer)):
-            i = int(first) + rows if first < 0 else int(first)
-            if not 0 <= i < rows:
-                raise IndexError(f"index {first} is out of bounds for {rows} rows")
-            return self._ds[(i,) + tuple(rest)]
-        else:
-            idx = np.asarray(first)
-            if idx.dtype == bool:
-                if idx.shape != (rows,):
-                    raise IndexError(f"boolean index of shape {idx.shape} for {rows} rows")
-                idx = np.flatnonzero(idx)
-            idx = np.where(idx < 0, idx + rows, idx)
-            if idx.size and (idx.min() < 0 or idx.max() >= rows):
-                raise IndexError(f"index out of bounds for {rows} rows")
-        if idx.size == 0:
-            return np.empty((0,) + self.shape[1:], self.dtype)[(slice(None),) + tuple(rest)]
-        order = np.argsort(idx, kind="stable")
-        sorted_idx = idx[order]
-        unique, inverse = np.unique(sorted_idx, return_inverse=True)
-        if unique.size == unique[-1] - unique[0] + 1:
-            data = self._ds[int(unique[0]) : int(unique[-1]) + 1]
-        else:
-            data = self._ds[unique]
-        out = np.empty((idx.size,) + data.shape[1:], data.dtype)
-        out[order] = data[inverse]
-        return out[(slice(None),) + tuple(rest)] if rest else out
-
-    def __array__(self, dtype=None, copy=None):
-        data = self[:]
-        return data.astype(dtype) if dtype is not None else data
+def _strings(group: h5py.Group, n: int, used: int) -> list[bytes]:
+    if n == 0:
+        return []
+    ends = group[layout.ENDS][:n].astype(np.int64)
+    if int(ends[-1]) != used:
+        raise ValueError(f"the string column {group.name} of this store is damaged")
+    blob = group[layout.BYTES][:used].tobytes()
+    starts = np.concatenate([[0], ends[:-1]])
+    return [blob[s:e] for s, e in zip(starts.tolist(), ends.tolist())]
 
 
 class FeatureStore:
@@ -106,100 +59,203 @@ class FeatureStore:
 
     Attributes:
         path: the file.
-        layers: feature keys (layer names, ``name:avg``/``name:max`` when pooled).
-        labels: (N,) int64, -1 where unlabeled.
-        class_names: list of class names.
-        paths: list of file paths relative to the source root.
-        meta: dict describing the run (model, layers, input size, precision, versions, ...).
-        failures: list of (path, reason) for files that could not be read.
+        rows: committed rows (``len(store)``).
         complete: whether the run that wrote it finished.
+        meta: dict describing the run (model, layers, input size, precision, versions, ...).
+        layers: feature keys (layer names, ``name:avg``/``name:max`` when pooled).
     """
 
     def __init__(self, path: str | os.PathLike, allow_incomplete: bool = True):
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
             raise FileNotFoundError(f"No such store: {self.path!r}")
-        try:
-            self._file = h5py.File(self.path, "r", locking=False)
-        except OSError as e:
-            raise OSError(f"{self.path!r} is not a readable HDF5 file: {e}") from e
-        attrs = self._file.attrs
-        if layout.ATTR_FORMAT not in attrs:
-            self._file.close()
-            raise ValueError(f"{self.path!r} is not a fastfeat store (no {layout.ATTR_FORMAT!r} attribute).")
-        self.rows = int(attrs[layout.ATTR_ROWS])
-        self.complete = bool(attrs[layout.ATTR_COMPLETE])
+        self._file = None
+        self._views: dict[tuple[str, bool], object] = {}
+        self._open()
         if not self.complete:
             message = (
-                f"{self.path!r} is incomplete: {self.rows} rows were written before its run stopped "
+                f"{self.path!r} is incomplete: {self.rows} rows were committed before its run stopped "
                 "(or it is still being written). Complete it with `fastfeat extract ... --resume`."
             )
             if not allow_incomplete:
-                self._file.close()
-                raise ValueError(message)
+                self.close()
+                raise IncompleteStoreError(message + " Received: allow_incomplete=False")
             warnings.warn(message, IncompleteStoreWarning, stacklevel=3)
-        self.meta = json.loads(attrs[layout.ATTR_META])
-        self.layers = list(self._file[layout.FEATURES].keys())
-        self._views: dict[str, object] = {}
+
+    def _open(self) -> None:
+        try:
+            f = h5py.File(self.path, "r", locking=False)
+        except OSError as e:
+            raise OSError(f"{self.path!r} is not a readable HDF5 file: {e}") from e
+        version = f.attrs.get(layout.ATTR_FORMAT)
+        if version is None or layout.STATE not in f:
+            f.close()
+            raise ValueError(f"{self.path!r} is not a fastfeat store (no {layout.ATTR_FORMAT!r} attribute).")
+        if int(version) != layout.FORMAT_VERSION:
+            f.close()
+            raise ValueError(
+                f"{self.path!r} has store format {int(version)}; this fastfeat reads format "
+                f"{layout.FORMAT_VERSION}. Write it again with this version."
+            )
+        self._file = f
+        self._state = _read_state(self.path, f[layout.STATE])
+        self.rows = int(self._state[layout.S_ROWS])
+        self.complete = bool(self._state[layout.S_COMPLETE])
+        self.meta = read_meta(f, self._state)
+        if self._state[layout.S_OVERFLOW]:
+            self.meta["float16_overflow"] = int(self._state[layout.S_OVERFLOW])
+        self.layers = list(f[layout.FEATURES].keys())
+
+    def refresh(self) -> int:
+        """Re-read a store that is being written; returns the committed row count now."""
+        self.close()
+        self._open()
+        return self.rows
 
     def __len__(self) -> int:
         return self.rows
 
     def __repr__(self) -> str:
-        shapes = ", ".join(f"{k}: {self.features(k).shape}" for k in self.layers)
+        shapes = ", ".join(f"{k}: {self.shape(k)}" for k in self.layers)
         return f"FeatureStore({self.path!r}, rows={self.rows}, {shapes})"
 
     def _layer_key(self, layer: str | None) -> str:
         if layer is None:
             if len(self.layers) != 1:
-                raise ValueError(f"This store has several layers; name one of {self.layers}")
+                raise ValueError(f"This store has several layers; pass one of {self.layers}. Received: layer=None")
             return self.layers[0]
         if layer in self.layers:
             return layer
-        raise KeyError(f"No layer {layer!r} in {self.path!r}. Layers: {self.layers}")
+        raise KeyError(f"No layer {layer!r} in {self.path!r}. Layers: {self.layers}. Received: layer={layer!r}")
 
-    def features(self, layer: str | None = None):
-        """The (N, ...) features of one layer: a read-only memmap when uncompressed, else lazy."""
+    def dataset(self, layer: str | None = None) -> h5py.Dataset:
+        """The underlying h5py dataset (all allocated rows, committed or not)."""
+        return self._file[layout.FEATURES][self._layer_key(layer)]
+
+    def shape(self, layer: str | None = None) -> tuple[int, ...]:
+        """(rows, ...) of one layer, without mapping anything."""
+        return (self.rows,) + tuple(self.dataset(layer).shape[1:])
+
+    def features(self, layer: str | None = None, flatten: bool = False):
+        """The (N, ...) features of one layer, indexable like a NumPy array.
+
+        Args:
+            layer: a key of :attr:`layers` (may be omitted when there is only one).
+            flatten: return the (N, -1) view instead (no copy).
+
+        Returns:
+            A read-only ``np.memmap`` when the data lie uncompressed in one piece, else a
+            :class:`~fastfeat.store.views.ChunkedArray` (memmap views per chunk, or parallel
+            decompression).
+        """
         key = self._layer_key(layer)
-        if key not in self._views:
-            ds = self._file[layout.FEATURES][key]
-            view = _memmap(self.path, ds, self.rows)
-            self._views[key] = view if view is not None else LazyRows(ds, self.rows)
-        return self._views[key]
+        if (key, flatten) not in self._views:
+            if flatten:
+                base = self.features(key)
+                view = base.reshape(len(base), -1) if isinstance(base, np.ndarray) else base.flat()
+            else:
+                view = map_features(self.path, self._file[layout.FEATURES][key], self.rows)
+            self._views[(key, flatten)] = view
+        return self._views[(key, flatten)]
 
     def is_memmapped(self, layer: str | None = None) -> bool:
-        return isinstance(self.features(layer), np.memmap)
+        """Whether rows of ``layer`` are read straight from a memory map (uncompressed)."""
+        view = self.features(layer)
+        return isinstance(view, np.memmap) or bool(getattr(view, "mapped", False))
+
+    def compression(self, layer: str | None = None) -> str:
+        """``"none"``, ``"lzf"`` or ``"gzip:LEVEL"`` (h5py's name for other filters)."""
+        ds = self.dataset(layer)
+        if ds.compression is None:
+            return "none"
+        return f"gzip:{ds.compression_opts}" if ds.compression == "gzip" else str(ds.compression)
 
     @property
     def labels(self) -> np.ndarray:
+        """(N,) int64 labels, -1 where unlabeled."""
         return self._file[layout.LABELS][: self.rows]
 
     @property
     def index(self) -> np.ndarray:
+        """(N,) int64 catalog position of each row."""
         return self._file[layout.INDEX][: self.rows]
 
     @property
     def copies(self) -> np.ndarray:
+        """(N,) int32: 0 for the image itself, k for augmented copy k."""
         return self._file[layout.COPY][: self.rows]
 
     @property
     def class_names(self) -> list[str]:
-        return [s.decode() if isinstance(s, bytes) else s for s in self._file[layout.CLASS_NAMES][()]]
+        """Class names, in label order (``os.fsdecode`` of the folder names)."""
+        return [os.fsdecode(s) for s in self._file[layout.CLASS_NAMES][()]]
 
     @property
     def paths(self) -> list[str]:
-        return [os.fsdecode(p) for p in self._file[layout.PATHS][: self.rows]]
+        """File paths relative to the source root, one per row."""
+        raw = _strings(self._file[layout.PATHS], self.rows, int(self._state[layout.S_PATH_BYTES]))
+        return [os.fsdecode(p) for p in raw]
 
     @property
     def failures(self) -> list[tuple[str, str]]:
-        n = int(self._file.attrs.get("failed", 0))
-        paths = self._file[layout.FAILURE_PATHS][:n]
-        reasons = self._file[layout.FAILURE_REASONS][:n]
-        return [(os.fsdecode(p), r.decode() if isinstance(r, bytes) else r) for p, r in zip(paths, reasons)]
+        """(path, reason) of every file that could not be read."""
+        n = int(self._state[layout.S_FAILED])
+        paths = _strings(self._file[layout.FAILURE_PATHS], n, int(self._state[layout.S_FPATH_BYTES]))
+        reasons = _strings(self._file[layout.FAILURE_REASONS], n, int(self._state[layout.S_FREASON_BYTES]))
+        return [(os.fsdecode(p), r.decode("utf-8", "replace")) for p, r in zip(paths, reasons)]
+
+    @property
+    def failure_index(self) -> np.ndarray:
+        """Catalog positions of the files in :attr:`failures`."""
+        return self._file[layout.FAILURE_INDEX][: int(self._state[layout.S_FAILED])]
+
+    @property
+    def float16_overflow(self) -> int:
+        """Feature values that overflowed float16 when written (stored as inf)."""
+        return int(self._state[layout.S_OVERFLOW])
+
+    # -- adapters (see fastfeat.store.adapters) ----------------------------------------------
+    def arrays(self, layer: str | None = None, flatten: bool = True, load: bool = False):
+        """(X, y) for scikit-learn; X is the memory map unless ``load=True``. See :func:`~.adapters.arrays`."""
+        from .adapters import arrays
+
+        return arrays(self, layer, flatten=flatten, load=load)
+
+    def to_dataset(
+        self,
+        layer: str | None = None,
+        batch_size: int = 64,
+        shuffle: bool = True,
+        seed: int | None = None,
+        flatten: bool = False,
+        **kwargs,
+    ):
+        """A ``tf.data.Dataset`` of (features, labels) batches. See :func:`~.adapters.to_dataset`."""
+        from .adapters import to_dataset
+
+        return to_dataset(self, layer, batch_size=batch_size, shuffle=shuffle, seed=seed, flatten=flatten, **kwargs)
+
+    def to_pydataset(self, layer: str | None = None, batch_size: int = 64, shuffle: bool = True, **kwargs):
+        """A ``keras.utils.PyDataset`` of (features, labels) batches. See :func:`~.adapters.to_pydataset`."""
+        from .adapters import to_pydataset
+
+        return to_pydataset(self, layer, batch_size=batch_size, shuffle=shuffle, **kwargs)
+
+    def info(self) -> dict:
+        """Everything ``fastfeat info`` prints, as a dict. See :func:`~.inspect.store_info`."""
+        from .inspect import store_info
+
+        return store_info(self)
 
     def close(self) -> None:
+        for view in self._views.values():
+            closer = getattr(view, "close", None)
+            if closer is not None and not isinstance(view, np.ndarray):
+                closer()
         self._views.clear()
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def __enter__(self):
         return self
@@ -209,10 +265,11 @@ class FeatureStore:
 
 
 def open_store(path: str | os.PathLike, allow_incomplete: bool = True) -> FeatureStore:
-    """Open a fastfeat HDF5 store for reading (no TensorFlow import).
+    """Open a fastfeat HDF5 store for reading (no TensorFlow import, O(1) in the file's size).
 
     Args:
         path: the ``.h5`` file written by ``fastfeat extract``.
-        allow_incomplete: if False, refuse a store whose run did not finish; otherwise warn.
+        allow_incomplete: if False, refuse (``IncompleteStoreError``) a store whose run did not
+            finish; otherwise warn with :class:`IncompleteStoreWarning`.
     """
     return FeatureStore(path, allow_incomplete=allow_incomplete)

@@ -1,0 +1,204 @@
+"""Feeding a store to training code: tf.data, Keras ``PyDataset`` and scikit-learn arrays.
+
+Batches are read from the memory map (or decompressed) with their indices sorted, so reads go
+forward through the file; the batch composition is still random. TensorFlow and Keras are
+imported inside the functions that need them, never by ``open_store``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .reader import FeatureStore
+
+
+def _check_batch(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer. Received: batch_size={batch_size!r}")
+    return int(batch_size)
+
+
+def epoch_batches(n: int, batch_size: int, shuffle: bool, seed: int, epoch: int, drop_remainder: bool = False):
+    """Row indices of each batch of one epoch, each sorted (a new permutation every epoch)."""
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    stop = n - n % batch_size if drop_remainder else n
+    return [np.sort(order[i : i + batch_size]) for i in range(0, stop, batch_size)]
+
+
+def arrays(store: FeatureStore, layer: str | None = None, flatten: bool = True, load: bool = False):
+    """(X, y) for scikit-learn.
+
+    Args:
+        store: an open store.
+        layer: the feature key (may be omitted when there is only one).
+        flatten: X as (N, -1) (a view, no copy).
+        load: copy X into memory. Otherwise X is the memory map (or the chunked view), which
+            estimators read as they go; ``np.asarray(X)`` loads it.
+
+    Returns:
+        ``(X, y)`` with ``y`` the (N,) int64 labels.
+    """
+    X = store.features(layer, flatten=flatten)
+    if load:
+        X = np.array(X)
+    return X, np.asarray(store.labels)
+
+
+class _Reader(threading.Thread):
+    """Reads the batches of one epoch ahead of the consumer, into a bounded queue."""
+
+    def __init__(self, features, labels, batches, depth: int):
+        super().__init__(name="fastfeat-batches", daemon=True)
+        self.features, self.labels, self.batches = features, labels, batches
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self.stopped = threading.Event()
+
+    def _put(self, item) -> bool:
+        while not self.stopped.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self):
+        try:
+            for idx in self.batches:
+                x = np.ascontiguousarray(self.features[idx])
+                if not self._put((x, self.labels[idx])):
+                    return
+            self._put(None)
+        except BaseException as e:  # noqa: BLE001 -- handed to the consumer, which re-raises it
+            self._put(e)
+
+    def stop(self):
+        self.stopped.set()
+        self.join()
+
+
+def iterate_batches(
+    store: FeatureStore,
+    layer: str | None = None,
+    batch_size: int = 64,
+    shuffle: bool = True,
+    seed: int | None = None,
+    flatten: bool = False,
+    drop_remainder: bool = False,
+    prefetch: int = 4,
+):
+    """An endless-epoch iterator factory: each call of the returned function yields one epoch
+    of ``(features, labels)`` NumPy batches, read by a background thread, reshuffled each epoch."""
+    batch_size = _check_batch(batch_size)
+    features = store.features(layer, flatten=flatten)
+    labels = np.asarray(store.labels)
+    seed = int(np.random.SeedSequence().entropy % (2**63)) if seed is None else int(seed)
+    epochs = itertools.count()
+
+    def one_epoch():
+        batches = epoch_batches(len(features), batch_size, shuffle, seed, next(epochs), drop_remainder)
+        reader = _Reader(features, labels, batches, prefetch)
+        reader.start()
+        try:
+            while True:
+                item = reader.queue.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            reader.stop()
+
+    return one_epoch, features, labels
+
+
+def to_dataset(
+    store: FeatureStore,
+    layer: str | None = None,
+    batch_size: int = 64,
+    shuffle: bool = True,
+    seed: int | None = None,
+    flatten: bool = False,
+    drop_remainder: bool = False,
+    prefetch: int = 4,
+):
+    """A ``tf.data.Dataset`` of ``(features, labels)`` batches for ``model.fit``.
+
+    Args:
+        store: an open store.
+        layer: the feature key (may be omitted when there is only one).
+        batch_size: rows per batch.
+        shuffle: a new random order every epoch (each pass over the dataset).
+        seed: makes the sequence of epoch orders reproducible.
+        flatten: features as (batch, -1), for a Dense head without a Flatten layer.
+        drop_remainder: drop the last, smaller batch.
+        prefetch: batches read ahead by the background thread.
+
+    Returns:
+        A ``tf.data.Dataset`` yielding (float features, int64 labels). It shuffles itself: pass
+        ``shuffle=False`` to ``model.fit`` (Keras otherwise warns that it ignores its own shuffle).
+    """
+    one_epoch, features, _ = iterate_batches(
+        store, layer, batch_size, shuffle, seed, flatten, drop_remainder, prefetch
+    )
+    import tensorflow as tf
+
+    first = batch_size if drop_remainder else None
+    signature = (
+        tf.TensorSpec((first,) + tuple(features.shape[1:]), tf.as_dtype(features.dtype)),
+        tf.TensorSpec((first,), tf.int64),
+    )
+    n = len(features)
+    batches = n // batch_size if drop_remainder else -(-n // batch_size)
+    dataset = tf.data.Dataset.from_generator(one_epoch, output_signature=signature)
+    # a known length: Keras shows progress and knows where an epoch ends
+    return dataset.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(1)
+
+
+def to_pydataset(
+    store: FeatureStore,
+    layer: str | None = None,
+    batch_size: int = 64,
+    shuffle: bool = True,
+    seed: int | None = None,
+    flatten: bool = False,
+    **kwargs,
+):
+    """A ``keras.utils.PyDataset`` of ``(features, labels)`` batches, reshuffled at each epoch end.
+
+    ``kwargs`` go to ``PyDataset`` (``workers``, ``use_multiprocessing``, ``max_queue_size``).
+    """
+    batch_size = _check_batch(batch_size)
+    import keras
+
+    features = store.features(layer, flatten=flatten)
+    labels = np.asarray(store.labels)
+    seed = int(np.random.SeedSequence().entropy % (2**63)) if seed is None else int(seed)
+
+    class StorePyDataset(keras.utils.PyDataset):
+        """Batches of a fastfeat store (see :func:`fastfeat.store.adapters.to_pydataset`)."""
+
+        def __init__(self):
+            super().__init__(**kwargs)
+            self.epoch = 0
+            self.batches = epoch_batches(len(features), batch_size, shuffle, seed, 0)
+
+        def __len__(self):
+            return len(self.batches)
+
+        def __getitem__(self, i):
+            idx = self.batches[i]
+            return np.ascontiguousarray(features[idx]), labels[idx]
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self.batches = epoch_batches(len(features), batch_size, shuffle, seed, self.epoch)
+
+    return StorePyDataset()

@@ -1,0 +1,132 @@
+"""Checking and repairing a store left by a writer that died (kill -9, disk full) before resuming it."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import h5py
+import numpy as np
+
+from . import codecs, layout
+
+
+class UnrecoverableStoreError(RuntimeError):
+    """A store cannot be resumed (damaged, or not a fastfeat store); it must be written again."""
+
+
+def read_meta(f: h5py.File, state: np.ndarray) -> dict:
+    """The current run description: the ``/meta_json`` slot ``state`` points at."""
+    slot, n = int(state[layout.S_META_SLOT]), int(state[layout.S_META_LEN])
+    if not (0 <= slot <= 1 and 0 < n <= layout.META_BYTES):
+        raise ValueError(f"the meta record of this store is damaged (slot {slot}, {n} bytes)")
+    return json.loads(f[layout.META_JSON][slot, :n].tobytes().decode("utf-8"))
+
+
+def superblock_eoa(path: str) -> int | None:
+    """The end-of-file address a version-0 superblock records (``None`` if not such a file)."""
+    with open(path, "rb") as fh:
+        head = fh.read(48)
+    if len(head) < 48 or head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] != 0 or head[13] != 8:
+        return None
+    return int.from_bytes(head[40:48], "little")
+
+
+def repair_short_file(path: str) -> int | None:
+    """A write that failed part-way (disk full) can leave the file shorter than the end HDF5
+    recorded, and HDF5 then refuses to open it. Extend it with zeros to that end so it opens; the
+    caller must then check that no committed data lies past the returned original size.
+
+    Returns:
+        The original size if the file was extended, else ``None``.
+    """
+    eoa = superblock_eoa(path)
+    size = os.path.getsize(path)
+    if eoa is None or eoa <= size:
+        return None
+    os.truncate(path, eoa)
+    return size
+
+
+def check_resumable_file(f: h5py.File, intact_bytes: int | None = None) -> str | None:
+    """Why an opened file cannot be resumed, or ``None`` if it is intact up to its committed rows.
+
+    ``intact_bytes``: the file's bytes past this offset were lost (see :func:`repair_short_file`).
+    """
+    if f.attrs.get(layout.ATTR_FORMAT) != layout.FORMAT_VERSION:
+        return f"it is not a fastfeat store of format {layout.FORMAT_VERSION}"
+    if layout.STATE not in f or f[layout.STATE].shape != (layout.STATE_SIZE,):
+        return "it has no valid /state"
+    state = f[layout.STATE][:]
+    rows, failed = int(state[layout.S_ROWS]), int(state[layout.S_FAILED])
+    try:
+        read_meta(f, state)
+    except (ValueError, KeyError, UnicodeDecodeError) as e:
+        return f"its run description cannot be read ({e})"
+    if rows < 0 or failed < 0 or rows > f[layout.LABELS].shape[0] or failed > f[layout.FAILURE_INDEX].shape[0]:
+        return f"its state is inconsistent (rows={rows}, failed={failed})"
+    checks = [
+        (f[layout.PATHS], rows, layout.S_PATH_BYTES),
+        (f[layout.FAILURE_PATHS], failed, layout.S_FPATH_BYTES),
+        (f[layout.FAILURE_REASONS], failed, layout.S_FREASON_BYTES),
+    ]
+    for group, n, slot in checks:
+        end = int(group[layout.ENDS][n - 1]) if n else 0
+        if end != int(state[slot]) or end > group[layout.BYTES].shape[0]:
+            return f"the string column {group.name} disagrees with its state"
+    size = os.path.getsize(f.filename) if intact_bytes is None else intact_bytes
+    for name, n in ((layout.LABELS, rows), (layout.INDEX, rows), (layout.COPY, rows), (layout.FAILURE_INDEX, failed)):
+        if n and not _in_file(f[name], size):
+            return f"{name} lies past the end of the file"
+    for group, n, slot in checks:
+        if n and not (_in_file(group[layout.ENDS], size) and _in_file(group[layout.BYTES], size)):
+            return f"{group.name} lies past the end of the file"
+    for key, ds in f[layout.FEATURES].items():
+        if ds.shape[0] < rows:
+            return f"features {key!r} hold fewer rows than committed"
+        if rows == 0:
+            continue
+        if ds.compression is None:
+            if not _in_file(ds, size):
+                return f"features {key!r} lie past the end of the file"
+            continue
+        # compressed chunks are allocated as they are written: every committed one must exist
+        needed = -(-rows // ds.chunks[0])
+        seen = []
+        ds.id.chunk_iter(lambda info: seen.append((info.chunk_offset[0], info.byte_offset, info.size)))
+        have = {c for c, off, n in seen if off is not None and n > 0 and off + n <= size}
+        if any(i * ds.chunks[0] not in have for i in range(needed)):
+            return f"committed chunks of features {key!r} are missing"
+    return None
+
+
+def copy_committed_rows(src: h5py.Dataset, dst: h5py.Dataset, rows: int) -> np.ndarray:
+    """Copy ``src[:rows]`` into ``dst``: whole compressed chunks as stored bytes (each decoded once
+    to check it). Returns the rows of a last partial compressed chunk (not written)."""
+    if src.compression is None:
+        for a in range(0, rows, 4096):
+            dst[a : min(a + 4096, rows)] = src[a : min(a + 4096, rows)]
+        return np.empty((0,) + src.shape[1:], src.dtype)
+    cr = src.chunks[0]
+    full = rows // cr
+    zeros = (0,) * (src.ndim - 1)
+    filters = codecs.filter_pipeline(src)
+    nbytes = cr * int(np.prod(src.shape[1:], dtype=np.int64)) * src.dtype.itemsize
+    for c in range(full):
+        mask, raw = src.id.read_direct_chunk((c * cr,) + zeros)
+        if filters is not None:
+            codecs.decode_chunk(raw, filters, mask, nbytes, src.dtype.itemsize)  # raises if damaged
+        else:
+            src[c * cr : (c + 1) * cr]
+        dst.id.write_direct_chunk((c * cr,) + zeros, raw, filter_mask=mask)
+    return src[full * cr : rows]
+
+
+def _in_file(ds: h5py.Dataset, size: int) -> bool:
+    """Whether every allocated chunk (or the contiguous data) of ``ds`` lies within ``size`` bytes."""
+    if ds.chunks is None:
+        offset = ds.id.get_offset()
+        return offset is None or offset + ds.id.get_storage_size() <= size
+    ends = []
+    ds.id.chunk_iter(lambda info: ends.append(0 if info.byte_offset is None else info.byte_offset + info.size))
+    return max(ends, default=0) <= size
