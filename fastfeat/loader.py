@@ -16,6 +16,7 @@ same images in turn, with a ``copy`` id per row (0 = plain, k = ``copies[k - 1]`
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 
@@ -124,8 +125,9 @@ class Loader:
         """A ``tf.data.Dataset`` of ``(images float32 (r,h,w,3), positions int64 (r,), ok bool (r,),
         copy int32 (r,))`` with ``r = (1 + len(copies)) * b`` rows per batch of ``b`` images.
 
-        ``threads`` gives the pipeline a private pool of that many threads (and at most that many
-        decodes at once); default: tf.data's shared pool, one thread per core, autotuned.
+        ``threads`` is how many batches are decoded at once, each on one thread of a private pool
+        of that size; default: one per usable core. OpenCV's own thread pool is set to one thread
+        (process-wide): the parallelism comes from these batches, and nested pools only thrash.
         """
         import tensorflow as tf
 
@@ -143,12 +145,20 @@ class Loader:
                 t.set_shape((None,))
             return images, rows, ok, copy
 
-        parallel = tf.data.AUTOTUNE if threads is None else int(threads)
+        import cv2
+
+        cv2.setNumThreads(1)
+        threads = _usable_cores() if threads is None else int(threads)
         ds = tf.data.Dataset.from_tensor_slices(positions).batch(batch_size)
-        ds = ds.map(load_batch, num_parallel_calls=parallel, deterministic=True)
+        ds = ds.map(load_batch, num_parallel_calls=threads, deterministic=True)
         ds = ds.prefetch(prefetch if prefetch is not None else tf.data.AUTOTUNE)
-        if threads is not None:
-            options = tf.data.Options()
-            options.threading.private_threadpool_size = int(threads)
-            ds = ds.with_options(options)
-        return ds
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = threads
+        return ds.with_options(options)
+
+
+def _usable_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
