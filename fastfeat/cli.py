@@ -12,6 +12,7 @@ import os
 import sys
 
 from ._version import __version__
+from .decode import DecodeError
 
 #: Subcommand modules under fastfeat.commands, in help order.
 COMMANDS = ("extract", "models", "layers", "info", "merge", "bench")
@@ -71,19 +72,29 @@ def _import_tensorflow_quietly() -> None:
         os.close(saved)
 
 
-def _stop_on_sigterm():
-    """Treat SIGTERM (a scheduler stopping the job) like Ctrl-C: finish the batch in flight, flush,
-    leave a resumable store."""
+def _graceful_stop():
+    """First Ctrl-C or SIGTERM (a scheduler stopping the job): finish the batch in flight, flush,
+    leave a resumable store. A second one interrupts at once. Returns the previous handlers."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         return None
+    state = {"signals": 0}
 
     def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+        state["signals"] += 1
+        if state["signals"] > 1:
+            raise KeyboardInterrupt(f"signal {signum}")
+        from .extraction import request_stop
 
-    return signal.signal(signal.SIGTERM, handler)
+        request_stop()
+        print(
+            "\nfastfeat: stopping after the batch in flight (press Ctrl-C again to stop at once)",
+            file=sys.stderr,
+        )
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,23 +104,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "needs_tensorflow", False):
         _import_tensorflow_quietly()
-    previous = _stop_on_sigterm()
+    previous = _graceful_stop() if getattr(args, "graceful_stop", False) else None
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("\nfastfeat: interrupted", file=sys.stderr)
+        print("\nfastfeat: interrupted; an unfinished store can be completed with --resume", file=sys.stderr)
         return 130
     except (UsageError, ValueError, FileNotFoundError, FileExistsError, PermissionError, RuntimeError) as e:
         print(f"fastfeat: error: {e}", file=sys.stderr)
         return 2
+    except DecodeError as e:  # --on-error raise
+        print(f"fastfeat: error: cannot read {e}. The store is incomplete: fix or remove the file, "
+              "then run again with --resume (or use --on-error skip).", file=sys.stderr)  # fmt: skip
+        return 1
     except OSError as e:
         print(f"fastfeat: error: {e}", file=sys.stderr)
         return 1
     finally:
-        if previous is not None:
+        if previous:
             import signal
 
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

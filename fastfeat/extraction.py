@@ -7,10 +7,12 @@ each batch to the store while the next one is computed.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -21,8 +23,9 @@ from .decode import DEFAULT_MAX_PIXELS, DecodeError
 from .loader import DecodeOptions, Loader
 from .models import feature_key, get_spec, is_model_file, normalize_size, parse_layer
 from .precision import PRECISIONS, check_precision
-from .preprocess import get_normalization
-from .store.writer import StoreWriter
+from .preprocess import MODES, get_normalization
+from .runtime import parse_device
+from .store.writer import StoreWriter, parse_compression
 
 DTYPES = ("float32", "float16")
 ON_ERROR = ("skip", "raise")
@@ -30,8 +33,9 @@ DEFAULT_BATCH_SIZE = 32
 
 #: Run settings that must match for ``--resume`` to continue a store.
 RESUME_KEYS = (
-    "model", "layers", "image_size", "interpolation", "preprocess", "precision", "dtype",
-    "weights", "exif", "catalog_size", "class_names", "augment_copies", "augment", "seed",
+    "model", "layers", "image_size", "interpolation", "preprocess", "precision", "dtype", "weights",
+    "init_seed", "exif", "reduced_decode", "max_pixels", "follow_links", "compression", "batch_size",
+    "catalog_size", "catalog_sha256", "class_names", "augment_copies", "augment", "seed",
 )  # fmt: skip
 
 
@@ -119,7 +123,9 @@ def _check_choice(name, value, allowed):
         raise ValueError(f"`{name}` must be one of {', '.join(map(str, allowed))}. Received: {name}={value!r}")
 
 
-def _weights_label(weights) -> str | None:
+def _weights_label(weights, model_file: bool = False) -> str | None:
+    if model_file and weights in (None, "imagenet"):
+        return "model file"
     if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
         return None
     if weights == "imagenet":
@@ -136,6 +142,7 @@ class _Writer(threading.Thread):
         self.queue: queue.Queue = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.busy_seconds = 0.0
+        self._closing = False
 
     def run(self):
         while True:
@@ -163,7 +170,9 @@ class _Writer(threading.Thread):
         return time.perf_counter() - t0
 
     def finish(self):
-        self.queue.put(None)
+        if not self._closing:
+            self._closing = True
+            self.queue.put(None)
         self.join()
         if self.error is not None:
             raise self.error
@@ -242,8 +251,10 @@ def extract(
         An :class:`ExtractReport`.
     """
     t_start = time.perf_counter()
+    # -- every argument is checked before anything is read, built or written -----------------
     _check_choice("dtype", dtype, DTYPES)
     _check_choice("on_error", on_error, ON_ERROR)
+    check_precision(precision)
     if overwrite and resume:
         raise ValueError("`overwrite` and `resume` exclude each other. Received: overwrite=True, resume=True")
     if isinstance(layers, str):
@@ -254,59 +265,60 @@ def extract(
     keys = [feature_key(*cut) for cut in cuts]
     if len(set(keys)) != len(keys):
         raise ValueError(f"`layers` repeats a cut. Received: layers={list(layers)}")
-    augment_copies = int(augment_copies or 0)
-    if augment_copies < 0:
-        raise ValueError(f"`augment_copies` must be >= 0. Received: augment_copies={augment_copies}")
-    if augment_copies and augment is None:
-        raise ValueError("`augment_copies` needs `augment` (the augmentation to apply). Received: augment=None")
-    if augment is not None and not augment_copies:
-        raise ValueError(
-            "`augment` is only used for augmented copies: pass augment_copies >= 1 (--augment-copies K). "
-            f"Received: augment_copies={augment_copies}"
-        )
-    augment = _resolve_augment(augment)
-    seed = 0 if seed is None else int(seed)
-    check_precision(precision)
+    augment, augment_copies, seed = _check_augment(augment, augment_copies, seed)
     batch_size_auto = batch_size is None
-    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else int(batch_size)
-    if batch_size < 1:
+    if not batch_size_auto and int(batch_size) < 1:
         raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
     output = os.fspath(output)
     if os.path.exists(output) and not (overwrite or resume):
         raise FileExistsError(f"{output!r} exists. Pass --overwrite to replace it, or --resume to complete it.")
+    _check_output_dir(output)
+    parse_compression(compression)
+    parse_device(device)
     size = normalize_size(image_size)
     model_file = is_model_file(model)
-    if not model_file:
+    if model_file:
+        if not os.path.exists(model):
+            raise FileNotFoundError(f"No such model file: {model!r}")
+    else:
         spec = get_spec(model)
         size = size or spec.default_size
-        preprocess = preprocess or spec.preprocess
-    else:
-        preprocess = preprocess or "none"
-    normalization = get_normalization(preprocess)
+    normalization = get_normalization(_resolve_preprocess(preprocess, None if model_file else spec))
+    options = DecodeOptions(size or (1, 1), interpolation, exif, reduced_decode, max_pixels)
 
     catalog = build_catalog(source, classes=classes, follow_links=follow_links)
+    stored = _stored_meta(output) if resume and os.path.exists(output) else None
+    requested_precision = precision
+    if stored is not None:  # a resumed run keeps what the first run chose, so its rows match
+        if precision == "auto" and stored.get("precision") in PRECISIONS:
+            precision = stored["precision"]
+        if batch_size_auto and isinstance(stored.get("batch_size"), int):
+            batch_size, batch_size_auto = stored["batch_size"], False
 
     from .models import build_base, extractor_builder, input_size_of, make_infer_fn, truncate
     from .runtime import choose_batch_size, configure
 
     runtime = configure(device)  # before any TensorFlow op: thread pools, visible device, memory growth
-    requested_precision = precision
     build_precision = "float32" if precision == "auto" else precision
+    init_seed = None
+    if weights is None and not model_file:
+        import keras
+
+        init_seed = 0  # random init is seeded: reruns and resumes of `weights=None` runs match
+        keras.utils.set_random_seed(init_seed)
     with runtime.device.scope():
-        base = build_base(model, size, weights=weights, precision=build_precision, safe_mode=not unsafe_model)
-    if model_file:
-        fixed = input_size_of(base)
-        if size is None:
-            if fixed is None:
-                raise ValueError(f"{model!r} has no fixed input size: pass image_size (--image-size).")
-            size = fixed
-        elif fixed is not None and fixed != size:
-            raise ValueError(f"{model!r} takes {fixed[0]}x{fixed[1]} inputs. Received: image_size={size}")
-    with runtime.device.scope():
+        base = build_base(model, size, weights=None if model_file else weights, precision=build_precision,
+                          safe_mode=not unsafe_model)  # fmt: skip
+        if model_file:
+            size = _model_file_size(model, base, size)
+            if weights not in (None, "imagenet"):
+                base.load_weights(os.fspath(weights))
         extractor = truncate(base, cuts)
+    options.size = size
     shapes = {k: tuple(int(d) for d in extractor.output[k].shape[1:]) for k in keys}
     if batch_size_auto:
         batch_size = choose_batch_size(extractor, runtime.device, build_precision, images=len(catalog))
+    batch_size = int(batch_size)
     if precision == "auto":
         infer, build = None, extractor_builder(base, cuts, safe_mode=not unsafe_model)
     else:
@@ -323,14 +335,20 @@ def extract(
         "precision_requested": requested_precision,
         "precision_auto": None,
         "dtype": dtype,
-        "weights": _weights_label(weights),
+        "weights": _weights_label(weights, model_file),
+        "init_seed": init_seed,
         "exif": bool(exif),
+        "reduced_decode": bool(reduced_decode),
+        "max_pixels": max_pixels,
+        "follow_links": bool(follow_links),
+        "compression": compression or "none",
         "batch_size": batch_size,
         "batch_size_auto": batch_size_auto,
         "device": runtime.device.spec,
         "runtime": runtime.to_meta(),
         "source": os.path.abspath(os.fspath(source)),
         "catalog_size": len(catalog),
+        "catalog_sha256": _fingerprint(catalog),
         "class_names": list(catalog.class_names),
         "augment_copies": augment_copies,
         "augment": augment.to_dict() if augment is not None else None,
@@ -338,6 +356,8 @@ def extract(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": _versions(),
     }
+    if stored is not None:
+        _check_resumable(stored, meta)  # before the store is opened for writing: a refusal changes nothing
     mode = "resume" if (resume and os.path.exists(output)) else ("overwrite" if overwrite else "create")
     writer = StoreWriter(
         output,
@@ -355,39 +375,23 @@ def extract(
     try:
         positions = np.arange(len(catalog), dtype=np.int64)
         if mode == "resume":
-            stored = writer.meta
-            if precision == "auto" and stored.get("precision") in PRECISIONS:
-                # a resumed run keeps the precision the first run chose, so its rows match
-                precision = report.precision = meta["precision"] = stored["precision"]
-                infer, build = build(precision), None
-            _check_resumable(stored, meta)
-            done = writer.processed_indices()
-            positions = np.setdiff1d(positions, done, assume_unique=True)
+            _check_resumable(writer.meta, meta)
+            positions = np.setdiff1d(positions, writer.processed_indices(), assume_unique=True)
             report.resumed_from = writer.rows
         copies = [augment.batch_transform(normalization, seed, copy=k) for k in range(1, augment_copies + 1)]
-        loader = Loader(
-            catalog,
-            DecodeOptions(size, interpolation, exif, reduced_decode, max_pixels),
-            normalization,
-            copies=copies,
-        )
+        loader = Loader(catalog, options, normalization, copies=copies)
         with runtime.device.scope():
             _run(
                 loader, positions, batch_size, infer, writer, report, on_error, progress,
                 build=build, threads=runtime.threads.loader,
             )  # fmt: skip
         report.startup_seconds = report.startup_seconds - t_start if report.startup_seconds else 0.0
-    except KeyboardInterrupt:
-        report.interrupted = True
+    except BaseException as e:
+        report.interrupted = isinstance(e, KeyboardInterrupt)
         writer.close(complete=False)
         raise
-    except BaseException:
-        writer.close(complete=False)
-        raise
-    writer.close(complete=True)
+    writer.close(complete=not report.interrupted)
     if report.nonfinite:
-        import warnings
-
         warnings.warn(
             f"{report.nonfinite} feature values came out NaN/inf under precision {report.precision!r}: "
             "float16 loses range. Use precision='mixed_bfloat16' or 'float32' (--precision).",
@@ -395,8 +399,6 @@ def extract(
             stacklevel=2,
         )
     if writer.overflow:
-        import warnings
-
         warnings.warn(
             f"{writer.overflow} feature values overflowed float16 (|x| > 65504) and are stored as inf. "
             "Use dtype='float32' (--dtype float32) for this layer.",
@@ -405,6 +407,92 @@ def extract(
         )
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def request_stop() -> None:
+    """Ask a running :func:`extract` to stop after the batch in flight (thread- and signal-safe).
+
+    The batch is written and committed, the store is left incomplete and resumable, and
+    ``extract`` returns its report with ``interrupted=True``. The CLI calls this on the first
+    Ctrl-C or SIGTERM.
+    """
+    _STOP.set()
+
+
+_STOP = threading.Event()
+
+
+def _check_augment(augment, augment_copies, seed):
+    augment_copies = int(augment_copies or 0)
+    if augment_copies < 0:
+        raise ValueError(f"`augment_copies` must be >= 0. Received: augment_copies={augment_copies}")
+    if augment_copies and augment is None:
+        raise ValueError("`augment_copies` needs `augment` (the augmentation to apply). Received: augment=None")
+    if augment is not None and not augment_copies:
+        raise ValueError(
+            "`augment` is only used for augmented copies: pass augment_copies >= 1 (--augment-copies K). "
+            f"Received: augment_copies={augment_copies}"
+        )
+    return _resolve_augment(augment), augment_copies, 0 if seed is None else int(seed)
+
+
+def _check_output_dir(output: str) -> None:
+    parent = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"The output directory does not exist: {parent!r}. Received: output={output!r}")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"The output directory is not writable: {parent!r}. Received: output={output!r}")
+
+
+def _resolve_preprocess(preprocess, spec) -> str:
+    """A mode name from ``preprocess`` (a mode or a model short name) or the model's own default."""
+    if preprocess is None:
+        return spec.preprocess if spec is not None else "none"
+    if str(preprocess).lower() in MODES:
+        return str(preprocess).lower()
+    try:
+        return get_spec(preprocess).preprocess
+    except ValueError:
+        raise ValueError(
+            f"`preprocess` must be one of {', '.join(MODES)} or a model name (its normalization). "
+            f"Received: preprocess={preprocess!r}"
+        ) from None
+
+
+def _model_file_size(model: str, base, size):
+    from .models import input_size_of
+
+    fixed = input_size_of(base)
+    if size is None:
+        if fixed is None:
+            raise ValueError(f"{model!r} has no fixed input size: pass image_size (--image-size).")
+        return fixed
+    if fixed is not None and fixed != tuple(size):
+        raise ValueError(f"{model!r} takes {fixed[0]}x{fixed[1]} inputs. Received: image_size={size}")
+    return size
+
+
+def _fingerprint(catalog) -> str:
+    """sha256 of the catalog's paths and labels, in order: a resume must see the same files."""
+    digest = hashlib.sha256()
+    for path in catalog.paths:
+        digest.update(os.fsencode(path) + b"\0")
+    digest.update(np.ascontiguousarray(catalog.labels, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def _stored_meta(output: str) -> dict | None:
+    """The run description of an existing store, read-only; ``None`` if it cannot be read (the
+    writer then says why it cannot be resumed)."""
+    from .store import open_store
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an incomplete store is exactly what a resume expects
+            with open_store(output) as store:
+                return dict(store.meta)
+    except Exception:  # noqa: BLE001 -- damaged or foreign: StoreWriter(mode="resume") reports it
+        return None
 
 
 def _resolve_augment(augment):
@@ -441,6 +529,22 @@ def _infer_rows(infer, images, batch_size: int) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k].numpy() for p in parts]) for k in parts[0]}
 
 
+def _finish_writer(sink: _Writer, interrupted: bool) -> None:
+    """Write and commit the batches already handed over; the writer thread is always joined (a
+    second Ctrl-C does not abandon it half-way through a batch)."""
+    while True:
+        try:
+            sink.finish()
+            return
+        except KeyboardInterrupt:
+            if not sink.is_alive():
+                return
+        except BaseException:
+            if not interrupted:
+                raise
+            return
+
+
 def _run(loader, positions, batch_size, infer, writer, report, on_error, progress, build=None, threads=None):
     """The main loop: pull batches, infer, hand them to the writer thread.
 
@@ -458,6 +562,7 @@ def _run(loader, positions, batch_size, infer, writer, report, on_error, progres
     steady_images, steady_start = 0, None
     loop_start = time.perf_counter()
     interrupted = False
+    _STOP.clear()
     try:
         iterator = iter(ds)
         while True:
@@ -516,20 +621,19 @@ def _run(loader, positions, batch_size, infer, writer, report, on_error, progres
                 steady_start = time.perf_counter()  # the first batch carries tracing and warm-up
                 report.startup_seconds = steady_start
             else:
-                steady_images += int(np.count_nonzero(plain))
+                steady_images += int(np.count_nonzero(ok & plain))
                 stages["input_wait"] += t1 - t0
                 stages["inference"] += t2 - t1
                 stages["writer_wait"] += waited
-    except KeyboardInterrupt:
+            if _STOP.is_set():  # request_stop(): the batch in flight is handed over; stop here
+                report.interrupted = True
+                break
+    except BaseException:
         interrupted = True
         raise
     finally:
         bar.close()
-        try:
-            sink.finish()  # the batches already handed over are written and committed
-        except BaseException:
-            if not interrupted:
-                raise
+        _finish_writer(sink, interrupted)
     elapsed = time.perf_counter() - steady_start if steady_start is not None else 0.0
     if steady_images and elapsed > 0:
         report.images_per_second = steady_images / elapsed

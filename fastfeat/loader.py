@@ -26,6 +26,7 @@ from . import decode as _decode
 from .catalog import Catalog
 from .kernels import normalize_batch
 from .preprocess import Normalization, get_normalization
+from .runtime import usable_cores
 
 
 @dataclass
@@ -40,6 +41,8 @@ class DecodeOptions:
 
     def __post_init__(self):
         _decode.check_interpolation(self.interpolation)
+        if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or int(self.max_pixels) < 1):
+            raise ValueError(f"`max_pixels` must be a positive int or None. Received: max_pixels={self.max_pixels!r}")
 
 
 @dataclass
@@ -148,7 +151,7 @@ class Loader:
         import cv2
 
         cv2.setNumThreads(1)
-        threads = _usable_cores() if threads is None else int(threads)
+        threads = usable_cores() if threads is None else int(threads)
         ds = tf.data.Dataset.from_tensor_slices(positions).batch(batch_size)
         ds = ds.map(load_batch, num_parallel_calls=threads, deterministic=True)
         ds = ds.prefetch(prefetch if prefetch is not None else tf.data.AUTOTUNE)
@@ -156,9 +159,3 @@ class Loader:
         options.threading.private_threadpool_size = threads
         return ds.with_options(options)
 
-
-def _usable_cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)

@@ -88,3 +88,15 @@ def test_import_is_cheap():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})  # fmt: skip
     assert proc.stdout.strip() == "False"
+
+
+def test_on_error_raise_exits_with_a_message(tmp_path, tiny_model_file, capsys):
+    from conftest import write_image
+
+    write_image(tmp_path / "imgs" / "a.png", 1)
+    (tmp_path / "imgs" / "b.png").write_bytes(b"not an image at all")
+    argv = ["extract", str(tmp_path / "imgs"), "-o", str(tmp_path / "x.h5"), "--model", tiny_model_file,
+            "--layer", "conv3", "--on-error", "raise", "--quiet"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "b.png" in err and "--resume" in err

@@ -242,3 +242,72 @@ def test_augment_arguments_are_checked(class_tree, tiny_model_file, tmp_path):
         fastfeat.extract(root, tmp_path / "x.h5", model=tiny_model_file, augment_copies=2, progress=False)
     with pytest.raises(ValueError, match="pass augment_copies >= 1"):
         fastfeat.extract(root, tmp_path / "x.h5", model=tiny_model_file, augment=fastfeat.Augment(), progress=False)
+
+
+def test_random_init_is_seeded_so_reruns_match(class_tree, tmp_path):
+    """weights=None: the random initialization is seeded, so a rerun (or a resume) gives the same features."""
+    root, _ = class_tree
+    kwargs = dict(model="mobilenetv2", weights=None, image_size=32, layers=["out_relu:avg"], progress=False)
+    fastfeat.extract(root, tmp_path / "a.h5", **kwargs)
+    fastfeat.extract(root, tmp_path / "b.h5", **kwargs)
+    with open_store(tmp_path / "a.h5") as a, open_store(tmp_path / "b.h5") as b:
+        assert a.meta["init_seed"] == 0
+        np.testing.assert_array_equal(np.asarray(a.features()), np.asarray(b.features()))
+
+
+def test_resume_refuses_a_changed_catalog(tmp_path, tiny_model_file):
+    from conftest import write_image
+
+    root = tmp_path / "imgs"
+    for i in range(6):
+        write_image(root / "c" / f"{i:03d}.png", i)
+    out = tmp_path / "s.h5"
+    fastfeat.extract(root, out, model=tiny_model_file, layers=["conv3:avg"], progress=False)
+    os.rename(root / "c" / "000.png", root / "c" / "999.png")  # same count, other files
+    with pytest.raises(ValueError, match="catalog_sha256"):
+        fastfeat.extract(root, out, model=tiny_model_file, layers=["conv3:avg"], resume=True, progress=False)
+
+
+def test_refused_resume_leaves_a_complete_store_complete(class_tree, tiny_model_file, tmp_path):
+    root, _ = class_tree
+    out = tmp_path / "c.h5"
+    fastfeat.extract(root, out, model=tiny_model_file, layers=["conv3:avg"], progress=False)
+    before = out.read_bytes()
+    with pytest.raises(ValueError, match="dtype"):
+        fastfeat.extract(root, out, model=tiny_model_file, layers=["conv3:avg"], dtype="float16", resume=True,
+                         progress=False)  # fmt: skip
+    with open_store(out) as store:
+        assert store.complete and len(store) == 9
+    assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(max_pixels=0), "`max_pixels` must be a positive int"),
+        (dict(interpolation="cubic"), "`interpolation` must be one of"),
+        (dict(compression="zip"), "`compression` must be"),
+        (dict(device="tpu"), "device"),
+        (dict(preprocess="caffee"), "`preprocess` must be one of"),
+    ],
+)
+def test_arguments_are_checked_before_anything_is_written(class_tree, tiny_model_file, tmp_path, kwargs, match):
+    root, _ = class_tree
+    with pytest.raises(ValueError, match=match):
+        fastfeat.extract(root, tmp_path / "x.h5", model=tiny_model_file, layers=["conv3"], progress=False, **kwargs)
+    assert os.listdir(tmp_path) == ["images"]
+
+
+def test_preprocess_accepts_a_model_name(class_tree, tmp_path):
+    root, _ = class_tree
+    report = fastfeat.extract(root, tmp_path / "p.h5", model="mobilenetv2", weights=None, image_size=32,
+                              layers=["out_relu:avg"], preprocess="vgg19", progress=False)  # fmt: skip
+    with open_store(report.output) as store:
+        assert store.meta["preprocess"] == "caffe"
+
+
+def test_model_file_records_its_weights(class_tree, tiny_model_file, tmp_path):
+    root, _ = class_tree
+    fastfeat.extract(root, tmp_path / "m.h5", model=tiny_model_file, layers=["conv3:avg"], progress=False)
+    with open_store(tmp_path / "m.h5") as store:
+        assert store.meta["weights"] == "model file"

@@ -24,7 +24,7 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--limit", type=int, default=1000, help="use at most this many images (0: all)")
     p.add_argument("--no-augment", action="store_true", help="skip the augmented candidates (the slow ones)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, needs_tensorflow=True)
 
 
 def run(args) -> int:

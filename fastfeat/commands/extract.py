@@ -69,7 +69,7 @@ def register_subparser(subparsers) -> None:
     aug.add_argument("--horizontal-flip", action="store_true", default=None, help="random left-right flips")
     aug.add_argument("--vertical-flip", action="store_true", default=None, help="random up-down flips")
     aug.add_argument("--fill-mode", default=None, choices=("constant", "nearest", "reflect", "wrap"), help="points outside the image")
-    p.set_defaults(func=run, needs_tensorflow=True)
+    p.set_defaults(func=run, needs_tensorflow=True, graceful_stop=True)
 
 
 def _floats(text: str):
@@ -120,7 +120,7 @@ def run(args) -> int:
         dtype=args.dtype,
         precision=args.precision,
         device=args.device,
-        classes=args.classes.split(",") if args.classes else None,
+        classes=args.classes,
         exif=args.exif,
         reduced_decode=not args.no_reduced_decode,
         max_pixels=args.max_pixels,
@@ -135,6 +135,6 @@ def run(args) -> int:
         seed=args.seed,
         progress=not args.quiet,
     )
-    if not args.quiet:
+    if not args.quiet or report.interrupted:
         print(report.summary())
-    return 0
+    return 130 if report.interrupted else 0
