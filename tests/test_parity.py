@@ -121,7 +121,7 @@ def test_features_match_keras_reference(tree, tmp_path, name, module, constructo
     out = tmp_path / "features.h5"
     report = fastfeat.extract(
         tree, out, model=name, layers=[layer], image_size=side, batch_size=4,
-        weights=str(weights), interpolation="nearest", progress=False,
+        weights=str(weights), interpolation="nearest", precision="float32", progress=False,
     )  # fmt: skip
 
     family = getattr(keras.applications, module)
