@@ -2,10 +2,10 @@
 
 The pipeline is Keras' own recipe with OpenCV and Numba in the map functions::
 
-    catalog positions -> shuffle (every epoch) -> zip per-epoch random keys
-        -> map(read + decode + resize, parallel; OpenCV releases the GIL) -> drop unreadable
-        -> batch -> map(fused augment + normalize kernel, parallel; Numba releases the GIL)
-        -> prefetch
+    catalog positions -> shuffle (every epoch) -> zip per-epoch random keys -> batch
+        -> map(per batch: read + decode + resize every image into one buffer, drop unreadable,
+               fused augment + normalize kernel; one batch per core at once, OpenCV and Numba
+               release the GIL) -> prefetch
 
 The catalog rules are :func:`fastfeat.build_catalog`'s (the same as ``fastfeat extract``). Each
 image's augmentation parameters depend on ``(seed, key)``, where ``key`` comes from
@@ -192,7 +192,10 @@ def image_dataset(
 
 
 def _build(positions, catalog: Catalog, options, norm, augment, batch_size, shuffle, seed, label_mode):
+    import cv2
     import tensorflow as tf
+
+    from .runtime import usable_cores
 
     h, w = options.size
     transform = augment.batch_transform(norm, seed=seed, copy=0) if augment is not None else None
@@ -200,37 +203,42 @@ def _build(positions, catalog: Catalog, options, norm, augment, batch_size, shuf
     unreadable: dict[str, str] = {}
     lock = threading.Lock()
 
-    def load(position):
-        image, ok = loader.load(int(position))
-        if not ok:
-            path = catalog.abspath(int(position))
-            with lock:
-                first = not unreadable
-                unreadable[path] = loader.reasons.get(int(position), "unreadable")
-            if first:
-                warnings.warn(
-                    f"image_dataset: skipping unreadable image {path} ({unreadable[path]}). Unreadable images are "
-                    "dropped without further warnings; see `dataset.unreadable`.",
-                    UserWarning,
-                    stacklevel=2,
-                )
-        return image, np.bool_(ok)
+    def note_unreadable(position: int) -> None:
+        path = catalog.abspath(position)
+        with lock:
+            first = not unreadable
+            unreadable[path] = loader.reasons.get(position, "unreadable")
+        if first:
+            warnings.warn(
+                f"image_dataset: skipping unreadable image {path} ({unreadable[path]}). Unreadable images are "
+                "dropped without further warnings; see `dataset.unreadable`.",
+                UserWarning,
+                stacklevel=2,
+            )
 
-    def decode(position, key):
-        image, ok = tf.numpy_function(load, [position], [tf.uint8, tf.bool], stateful=False)
-        image.set_shape((h, w, 3))
-        ok.set_shape(())
-        return image, position, key, ok
+    def load_batch(batch_positions: np.ndarray, batch_keys: np.ndarray):
+        """One call per batch: decode every image into one buffer, drop the unreadable ones, then
+        the fused augment + normalize kernel (OpenCV and Numba release the GIL, so batches run in
+        parallel)."""
+        n = len(batch_positions)
+        images = np.empty((n, h, w, 3), np.uint8)
+        ok = np.empty(n, bool)
+        for i, position in enumerate(batch_positions):
+            images[i], ok[i] = loader.load(int(position))
+            if not ok[i]:
+                note_unreadable(int(position))
+        if not ok.all():  # dropped here, not by a filter before batching: the number of batches
+            images, batch_positions, batch_keys = images[ok], batch_positions[ok], batch_keys[ok]
+        return loader.normalize(images, batch_keys), batch_positions  # stays known to model.fit
 
     labels = tf.constant(catalog.labels.astype(np.int32))
     num_classes = len(catalog.class_names)
 
-    def finish(images, position, key, ok):
-        # Unreadable images are dropped here rather than by a filter before batching: the number
-        # of batches stays known, which Keras' fit needs to run without "ran out of data" warnings.
-        images, position, key = (tf.boolean_mask(t, ok) for t in (images, position, key))
-        x = tf.numpy_function(loader.normalize, [images, key], tf.float32, stateful=False)
+    def finish(batch_positions, batch_keys):
+        x, position = tf.numpy_function(load_batch, [batch_positions, batch_keys], [tf.float32, tf.int64],
+                                        stateful=False)  # fmt: skip
         x.set_shape((None, h, w, 3))
+        position.set_shape((None,))
         if label_mode is None:
             return x
         y = tf.gather(labels, position)
@@ -240,15 +248,18 @@ def _build(positions, catalog: Catalog, options, norm, augment, batch_size, shuf
             y = tf.expand_dims(tf.cast(y, tf.float32), -1)
         return x, y
 
+    cv2.setNumThreads(1)  # parallelism comes from batches decoded at once; nested pools only thrash
+    threads = usable_cores()
     ds = tf.data.Dataset.from_tensor_slices(np.asarray(positions, np.int64))
     if shuffle:
         ds = ds.shuffle(len(positions), seed=seed, reshuffle_each_iteration=True)
     keys = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)
-    ds = tf.data.Dataset.zip((ds, keys))
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size)
-    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = tf.data.Dataset.zip((ds, keys)).batch(batch_size)
+    ds = ds.map(finish, num_parallel_calls=threads, deterministic=True)
     ds = ds.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads
+    ds = ds.with_options(options)
     ds.class_names = list(catalog.class_names)
     ds.file_paths = [catalog.abspath(int(p)) for p in positions]
     ds.unreadable = unreadable
