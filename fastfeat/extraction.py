@@ -45,7 +45,7 @@ class ExtractReport:
 
     Attributes:
         output: the store's path.
-        images: images extracted by this run.
+        images: images extracted by this run (a resumed run counts only its own).
         rows: feature rows written by this run (images x (1 + augmented copies)).
         failures: files that could not be read in this run.
         seconds: wall-clock time of the whole run, model build included.
@@ -84,6 +84,8 @@ class ExtractReport:
             f"{self.images_per_second:.1f} images/s "
             + ("steady state" if self.steady else "(a single batch: warm-up included)"),
         ]
+        if self.resumed_from:
+            lines.append(f"  resumed: {self.resumed_from} rows were already in the store")
         for key, shape in self.shapes.items():
             lines.append(f"  {key}: {tuple(shape)}")
         if self.precision_auto:
