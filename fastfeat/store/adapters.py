@@ -31,7 +31,53 @@ def epoch_batches(n: int, batch_size: int, shuffle: bool, seed: int, epoch: int,
     return [np.sort(order[i : i + batch_size]) for i in range(0, stop, batch_size)]
 
 
-def arrays(store: FeatureStore, layer: str | None = None, flatten: bool = True, load: bool = False):
+def select_rows(store: FeatureStore, copies=None, rows=None) -> np.ndarray | None:
+    """Sorted row positions chosen by ``copies`` and ``rows`` (``None``: every row).
+
+    ``copies``: ``None`` (every row), ``0`` (the images themselves, no augmented copies), an int
+    ``k`` or a list of copy ids. ``rows``: explicit row positions (e.g. from
+    :meth:`FeatureStore.split`); both together take the rows of ``rows`` whose copy is chosen.
+    """
+    if copies is None and rows is None:
+        return None
+    chosen = np.arange(len(store), dtype=np.int64) if rows is None else np.unique(np.asarray(rows, np.int64))
+    if chosen.size and (chosen[0] < 0 or chosen[-1] >= len(store)):
+        raise IndexError(f"`rows` must lie in [0, {len(store)}). Received: rows from {chosen[0]} to {chosen[-1]}")
+    if copies is not None:
+        chosen = chosen[np.isin(np.asarray(store.copies)[chosen], _copy_ids(copies))]
+    return chosen
+
+
+def _copy_ids(copies) -> np.ndarray:
+    ids = np.atleast_1d(np.asarray(copies))
+    if ids.dtype.kind not in "iu" or ids.ndim != 1 or (ids.size and ids.min() < 0):
+        raise ValueError(
+            f"`copies` must be None, 0 (no augmented copies), a copy id or a list of copy ids >= 0. "
+            f"Received: copies={copies!r}"
+        )
+    return ids.astype(np.int64)
+
+
+def _subset(store, layer, flatten, copies, rows):
+    """(features view, labels) of the chosen rows; the view reads nothing until indexed."""
+    from .views import RowSubset
+
+    features = store.features(layer, flatten=flatten)
+    labels = np.asarray(store.labels)
+    chosen = select_rows(store, copies, rows)
+    if chosen is None:
+        return features, labels
+    return RowSubset(features, chosen), labels[chosen]
+
+
+def arrays(
+    store: FeatureStore,
+    layer: str | None = None,
+    flatten: bool = True,
+    load: bool = False,
+    copies=None,
+    rows=None,
+):
     """(X, y) for scikit-learn.
 
     Args:
@@ -40,14 +86,20 @@ def arrays(store: FeatureStore, layer: str | None = None, flatten: bool = True, 
         flatten: X as (N, -1) (a view, no copy).
         load: copy X into memory. Otherwise X is the memory map (or the chunked view), which
             estimators read as they go; ``np.asarray(X)`` loads it.
+        copies: which rows of a store with augmented copies (``augment_copies``): ``None``
+            every row, ``0`` only the images themselves, or a list of copy ids (``[0, 1]``).
+            Evaluate on ``copies=0``; train on augmented rows only of training images (see
+            :meth:`FeatureStore.split`), or copies of one image leak into the evaluation.
+        rows: explicit row positions (e.g. from :meth:`FeatureStore.split`).
 
     Returns:
-        ``(X, y)`` with ``y`` the (N,) int64 labels.
+        ``(X, y)`` with ``y`` the int64 labels. With ``copies`` or ``rows``, ``X`` is a view of
+        just those rows (read when indexed; ``load=True`` or ``np.asarray(X)`` loads them).
     """
-    X = store.features(layer, flatten=flatten)
+    X, y = _subset(store, layer, flatten, copies, rows)
     if load:
         X = np.array(X)
-    return X, np.asarray(store.labels)
+    return X, y
 
 
 class _Reader(threading.Thread):
@@ -92,12 +144,14 @@ def iterate_batches(
     flatten: bool = False,
     drop_remainder: bool = False,
     prefetch: int = 4,
+    copies=None,
+    rows=None,
 ):
     """An endless-epoch iterator factory: each call of the returned function yields one epoch
-    of ``(features, labels)`` NumPy batches, read by a background thread, reshuffled each epoch."""
+    of ``(features, labels)`` NumPy batches, read by a background thread, reshuffled each epoch.
+    ``copies``/``rows`` choose rows as in :func:`arrays`."""
     batch_size = _check_batch(batch_size)
-    features = store.features(layer, flatten=flatten)
-    labels = np.asarray(store.labels)
+    features, labels = _subset(store, layer, flatten, copies, rows)
     seed = int(np.random.SeedSequence().entropy % (2**63)) if seed is None else int(seed)
     epochs = itertools.count()
 
@@ -128,6 +182,8 @@ def to_dataset(
     flatten: bool = False,
     drop_remainder: bool = False,
     prefetch: int = 4,
+    copies=None,
+    rows=None,
 ):
     """A ``tf.data.Dataset`` of ``(features, labels)`` batches for ``model.fit``.
 
@@ -140,13 +196,17 @@ def to_dataset(
         flatten: features as (batch, -1), for a Dense head without a Flatten layer.
         drop_remainder: drop the last, smaller batch.
         prefetch: batches read ahead by the background thread.
+        copies: ``None`` every row, ``0`` only the images themselves (no augmented copies), or
+            a list of copy ids. Validate on ``copies=0`` rows of held-out images only.
+        rows: explicit row positions, e.g. ``train, val = store.split(0.2)`` then
+            ``store.to_dataset(rows=train)`` and ``store.to_dataset(rows=val, copies=0)``.
 
     Returns:
         A ``tf.data.Dataset`` yielding (float features, int64 labels). It shuffles itself: pass
         ``shuffle=False`` to ``model.fit`` (Keras otherwise warns that it ignores its own shuffle).
     """
     one_epoch, features, _ = iterate_batches(
-        store, layer, batch_size, shuffle, seed, flatten, drop_remainder, prefetch
+        store, layer, batch_size, shuffle, seed, flatten, drop_remainder, prefetch, copies=copies, rows=rows
     )
     import tensorflow as tf
 
@@ -169,17 +229,18 @@ def to_pydataset(
     shuffle: bool = True,
     seed: int | None = None,
     flatten: bool = False,
+    copies=None,
+    rows=None,
     **kwargs,
 ):
     """A ``keras.utils.PyDataset`` of ``(features, labels)`` batches, reshuffled at each epoch end.
 
-    ``kwargs`` go to ``PyDataset`` (``workers``, ``use_multiprocessing``, ``max_queue_size``).
+    ``copies``/``rows`` choose rows as in :func:`to_dataset`. ``kwargs`` go to ``PyDataset``
+    (``workers``, ``use_multiprocessing``, ``max_queue_size``).
     """
     batch_size = _check_batch(batch_size)
+    features, labels = _subset(store, layer, flatten, copies, rows)
     import keras
-
-    features = store.features(layer, flatten=flatten)
-    labels = np.asarray(store.labels)
     seed = int(np.random.SeedSequence().entropy % (2**63)) if seed is None else int(seed)
 
     class StorePyDataset(keras.utils.PyDataset):

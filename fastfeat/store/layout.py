@@ -28,10 +28,14 @@ Datasets are never trimmed; readers use ``state``, not the dataset length.
 
 Compressed features cannot be preallocated (a chunk's size is known once it is compressed), so
 their chunks are written whole, once each, and never rewritten: HDF5 then never frees space it
-could reuse under committed data. ``state`` publishes rows up to the last whole chunk; the rows
-of the last partial chunk are written at close. Resuming a compressed store copies its
-committed chunks (as stored bytes, each checked by decoding it) into a fresh file that then
-replaces the old one, so nothing the killed writer left half-done is written over in place.
+could reuse under committed data. ``state`` publishes rows up to the last end of a batch (one
+``StoreWriter.append``: an image's rows and all its augmented copies) that lies in whole written
+chunks, so an image is never committed with some of its rows missing; the rows of the last
+partial chunk are written at close. Resuming a compressed store copies its committed chunks (as
+stored bytes, each checked by decoding it) into a fresh file that then replaces the old one, so
+nothing the killed writer left half-done is written over in place; until the pending rows of the
+last partial chunk are written, that file publishes only rows in whole chunks, cut where no image
+has rows on both sides. ``--resume`` examines a file read-only before it changes anything.
 This module never imports TensorFlow.
 """
 

@@ -214,12 +214,46 @@ class FeatureStore:
         """Feature values that overflowed float16 when written (stored as inf)."""
         return int(self._state[layout.S_OVERFLOW])
 
+    def rows_of(self, copies=None) -> np.ndarray:
+        """Sorted row positions whose copy id is chosen: ``copies=None`` every row, ``0`` the
+        images themselves (no augmented copies), or a copy id / list of copy ids."""
+        from .adapters import select_rows
+
+        chosen = select_rows(self, copies)
+        return np.arange(self.rows, dtype=np.int64) if chosen is None else chosen
+
+    def split(self, fraction: float = 0.2, seed: int | None = 0, copies=None, val_copies=0):
+        """(train rows, validation rows) split by image, so no image (or augmented copy of one)
+        is on both sides.
+
+        Args:
+            fraction: share of the images (catalog positions, not rows) held out.
+            seed: the random choice of held-out images (``None``: a new one each call).
+            copies: which copies of the training images to keep (``None``: all).
+            val_copies: which copies of the held-out images to keep (``0``: only the images).
+
+        Returns:
+            Two sorted int64 arrays of row positions, for ``rows=`` of :meth:`arrays`,
+            :meth:`to_dataset` and :meth:`to_pydataset`.
+        """
+        if not 0.0 <= float(fraction) <= 1.0:
+            raise ValueError(f"`fraction` must be in [0, 1]. Received: fraction={fraction!r}")
+        index = np.asarray(self.index)
+        images = np.unique(index)
+        held = np.random.default_rng(seed).permutation(images)[: int(round(len(images) * float(fraction)))]
+        is_val = np.isin(index, held)
+        train, val = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+        train = np.intersect1d(train, self.rows_of(copies)) if copies is not None else train
+        val = np.intersect1d(val, self.rows_of(val_copies)) if val_copies is not None else val
+        return train.astype(np.int64), val.astype(np.int64)
+
     # -- adapters (see fastfeat.store.adapters) ----------------------------------------------
-    def arrays(self, layer: str | None = None, flatten: bool = True, load: bool = False):
-        """(X, y) for scikit-learn; X is the memory map unless ``load=True``. See :func:`~.adapters.arrays`."""
+    def arrays(self, layer: str | None = None, flatten: bool = True, load: bool = False, copies=None, rows=None):
+        """(X, y) for scikit-learn; X is the memory map unless ``load=True``; ``copies``/``rows``
+        choose rows (``copies=0``: no augmented copies). See :func:`~.adapters.arrays`."""
         from .adapters import arrays
 
-        return arrays(self, layer, flatten=flatten, load=load)
+        return arrays(self, layer, flatten=flatten, load=load, copies=copies, rows=rows)
 
     def to_dataset(
         self,
@@ -230,13 +264,15 @@ class FeatureStore:
         flatten: bool = False,
         **kwargs,
     ):
-        """A ``tf.data.Dataset`` of (features, labels) batches. See :func:`~.adapters.to_dataset`."""
+        """A ``tf.data.Dataset`` of (features, labels) batches; ``copies=``/``rows=`` choose rows
+        (``copies=0``: no augmented copies). See :func:`~.adapters.to_dataset`."""
         from .adapters import to_dataset
 
         return to_dataset(self, layer, batch_size=batch_size, shuffle=shuffle, seed=seed, flatten=flatten, **kwargs)
 
     def to_pydataset(self, layer: str | None = None, batch_size: int = 64, shuffle: bool = True, **kwargs):
-        """A ``keras.utils.PyDataset`` of (features, labels) batches. See :func:`~.adapters.to_pydataset`."""
+        """A ``keras.utils.PyDataset`` of (features, labels) batches; ``copies=``/``rows=`` choose
+        rows. See :func:`~.adapters.to_pydataset`."""
         from .adapters import to_pydataset
 
         return to_pydataset(self, layer, batch_size=batch_size, shuffle=shuffle, **kwargs)

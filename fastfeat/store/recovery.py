@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 
@@ -46,6 +47,101 @@ def repair_short_file(path: str) -> int | None:
         return None
     os.truncate(path, eoa)
     return size
+
+
+class _ZeroPadded(io.RawIOBase):
+    """A read-only view of a file extended with zeros to ``size`` bytes (for h5py's fileobj
+    driver): a file cut short by a full disk is examined without extending it on disk."""
+
+    def __init__(self, path: str, size: int):
+        super().__init__()
+        self._fh = open(path, "rb")
+        self._real = os.fstat(self._fh.fileno()).st_size
+        self._size = max(size, self._real)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        n = max(0, min(len(view), self._size - self._pos))
+        got = 0
+        if self._pos < self._real:
+            data = os.pread(self._fh.fileno(), min(n, self._real - self._pos), self._pos)
+            got = len(data)
+            view[:got] = data
+        view[got:n] = bytes(n - got)
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
+
+
+def check_resumable_path(path: str) -> str | None:
+    """Why the file at ``path`` cannot be resumed, or ``None``; examined read-only, never changed
+    (a foreign HDF5 file is refused before :func:`repair_short_file` or a write open touch it)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as e:
+        return f"it cannot be read ({e})"
+    if head != b"\x89HDF\r\n\x1a\n":
+        return "it is not an HDF5 file (not a fastfeat store)"
+    size = os.path.getsize(path)
+    eoa = superblock_eoa(path)
+    raw = None
+    try:
+        if eoa is not None and eoa > size:
+            raw = _ZeroPadded(path, eoa)
+            f = h5py.File(raw, "r")
+        else:
+            f = h5py.File(path, "r", locking=False)
+    except OSError as e:
+        if raw is not None:
+            raw.close()
+        return f"HDF5 cannot open it ({e})"
+    try:
+        if f.attrs.get(layout.ATTR_FORMAT) is None or layout.STATE not in f:
+            return f"it is not a fastfeat store (no {layout.ATTR_FORMAT!r} attribute)"
+        try:
+            return check_resumable_file(f, size)
+        except (KeyError, ValueError, OSError, TypeError) as e:
+            return f"its structure is damaged ({e})"
+    finally:
+        f.close()
+        if raw is not None:
+            raw.close()
+
+
+def safe_cut(index: np.ndarray, limit: int) -> int:
+    """The largest row count ``<= limit`` that splits no image: no catalog position in
+    ``index[:cut]`` has rows in ``index[cut:]`` (its augmented copies stay with it)."""
+    index = np.asarray(index)
+    cut = min(int(limit), len(index))
+    if cut == len(index):
+        return cut
+    _, first = np.unique(index, return_index=True)
+    first_of = dict(zip(np.unique(index).tolist(), first.tolist()))
+    while cut > 0:
+        m = min(first_of[i] for i in set(index[cut:].tolist()))
+        if m >= cut:
+            break
+        cut = m
+    return int(cut)
 
 
 def check_resumable_file(f: h5py.File, intact_bytes: int | None = None) -> str | None:

@@ -179,6 +179,41 @@ class ChunkedArray(_RowArray):
             self._pool = None
 
 
+class RowSubset(_RowArray):
+    """Chosen rows of a row view (``rows``: sorted positions), read only when indexed: a subset
+    of a memory-mapped store without copying it (``np.asarray`` loads just these rows)."""
+
+    def __init__(self, base, rows: np.ndarray):
+        self.base = base
+        self.rows = np.asarray(rows, np.int64)
+        self.shape = (len(self.rows),) + tuple(base.shape[1:])
+        self.dtype = np.dtype(base.dtype)
+        self.is_memmap = False
+        self.mapped = bool(isinstance(base, np.memmap) or getattr(base, "mapped", False))
+
+    def __getitem__(self, item):
+        first, rest = _split(item)
+        idx = _rows_index(first, self.shape[0])
+        if isinstance(idx, int):
+            out = np.asarray(self.base[int(self.rows[idx])])
+            return out[rest] if rest else out
+        out = np.asarray(self.base[self.rows[idx]])
+        return out[(slice(None),) + rest] if rest else out
+
+    def flat(self) -> RowSubset:
+        """The same rows as a (N, -1) array."""
+        base = self.base
+        flat = base.reshape(len(base), -1) if isinstance(base, np.ndarray) else base.flat()
+        return RowSubset(flat, self.rows)
+
+    def reshape(self, *shape):
+        """Only the flattening ``reshape(len(a), -1)`` is supported."""
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape
+        if len(shape) == 2 and shape[0] in (self.shape[0], -1) and shape[1] == -1:
+            return self.flat()
+        raise ValueError(f"only reshape(len(a), -1) is supported on this view. Received: shape={shape}")
+
+
 class H5Rows(_RowArray):
     """Rows of an HDF5 dataset read through h5py (layouts :func:`map_features` cannot map).
 

@@ -4,10 +4,13 @@ Every dataset is sized up front from the catalog's row count, chunked along the 
 an explicit chunk shape and (uncompressed) allocated in one piece at creation, so the reader can
 memory-map it and appending never changes HDF5 metadata. Rows become visible, and survive a
 ``kill -9``, at each :meth:`StoreWriter.commit`: the rows are flushed first, then ``/state``.
+``/state`` only ever publishes whole batches (one :meth:`StoreWriter.append` call each), so the
+rows of an image and of its augmented copies are committed together or not at all.
 """
 
 from __future__ import annotations
 
+import collections
 import errno
 import json
 import os
@@ -315,6 +318,12 @@ class StoreWriter:
             os.close(fd)
 
     def _open_for_resume(self) -> h5py.File:
+        # read-only first: a foreign or damaged file is refused without a byte of it changing
+        problem = recovery.check_resumable_path(self.path)
+        if problem:
+            raise UnrecoverableStoreError(
+                f"Cannot resume {self.path!r}: {problem}. Write it again with --overwrite."
+            )
         intact_bytes = recovery.repair_short_file(self.path)
         try:
             f = h5py.File(self.path, "r+", libver=layout.LIBVER)
@@ -357,6 +366,10 @@ class StoreWriter:
             names = [os.fsdecode(n) for n in old[layout.CLASS_NAMES][()]]
             meta = recovery.read_meta(old, state)
             pending: dict[str, np.ndarray] = {}
+            # rows in whole chunks of every compressed feature: what the new file holds on disk
+            whole = min(
+                [rows] + [rows // ds.chunks[0] * ds.chunks[0] for ds in old[layout.FEATURES].values() if ds.compression]
+            )
 
             def fill(new: h5py.File) -> None:
                 for key, ds in old[layout.FEATURES].items():
@@ -377,7 +390,16 @@ class StoreWriter:
                 new.flush()
                 state[layout.S_META_SLOT] = 0  # the new file holds the description in slot 0
                 state[layout.S_META_LEN] = len(_encode_meta(meta))
-                new[layout.STATE][:] = state
+                # The rows of a last partial chunk stay pending (in memory) until their chunk is
+                # written whole, so the new file may only publish rows that lie in written chunks,
+                # cut where no image has rows on both sides (whole batches: all copies of an image).
+                cut = recovery.safe_cut(old[layout.INDEX][:rows], whole)
+                disk = state.copy()
+                disk[layout.S_ROWS] = cut
+                if cut < rows:
+                    disk[layout.S_COMPLETE] = 0
+                    disk[layout.S_PATH_BYTES] = int(old[layout.PATHS][layout.ENDS][cut - 1]) if cut else 0
+                new[layout.STATE][:] = disk
         except (KeyError, ValueError, OSError, RuntimeError) as e:
             old.close()
             raise UnrecoverableStoreError(
@@ -401,6 +423,7 @@ class StoreWriter:
         finally:
             old.close()
         self._resumed_pending = pending
+        self._resumed_state = state  # the committed rows, some of them pending in memory
         return f
 
     def _bind(self):
@@ -410,11 +433,24 @@ class StoreWriter:
         self._dtypes = {k: ds.dtype for k, ds in self._features.items()}
         self._state_ds = f[layout.STATE]
         self._state = self._state_ds[:].astype(np.int64)
+        resumed_state = getattr(self, "_resumed_state", None)
+        if resumed_state is not None:  # after a rebuild: the disk may publish fewer rows for now
+            self._published = int(self._state[layout.S_ROWS])
+            self._state = resumed_state.copy()
+        else:
+            self._published = int(self._state[layout.S_ROWS])
         self._paths = _Strings(f[layout.PATHS])
         self._fail_paths = _Strings(f[layout.FAILURE_PATHS])
         self._fail_reasons = _Strings(f[layout.FAILURE_REASONS])
         self.rows = int(self._state[layout.S_ROWS])
         self.failed = int(self._state[layout.S_FAILED])
+        # /state only ever publishes whole batches (an append call: an image's rows and all its
+        # augmented copies), so a resume never finds an image with some of its rows missing
+        self._batch_ends: collections.deque[int] = collections.deque()
+        if self.rows > self._published:
+            self._batch_ends.append(self.rows)
+        # as opened: a store that receives nothing keeps its completeness (a refused resume)
+        self._opened = (self.rows, self.failed, bool(self._state[layout.S_COMPLETE]))
         # compressed features are written in whole chunks only (a chunk is never rewritten, so
         # HDF5 never frees and reuses space); the rows of the last, partial chunk wait here
         self._compressed = [k for k, ds in self._features.items() if ds.compression is not None]
@@ -488,7 +524,11 @@ class StoreWriter:
         index: np.ndarray,
         copy: np.ndarray | None = None,
     ) -> None:
-        """Write one batch of rows; they become visible (and durable) at the next :meth:`commit`."""
+        """Write one batch of rows; they become visible (and durable) at the next :meth:`commit`.
+
+        A batch is the unit of commit: pass an image's rows and all its augmented copies in the
+        same call (they are published together or not at all; see :meth:`processed_indices`).
+        """
         n = len(paths)
         if n == 0:
             return
@@ -526,6 +566,7 @@ class StoreWriter:
             encoded = [os.fsencode(p) for p in paths]
             self._used["paths"] = self._paths.write(start, self._used["paths"], encoded, self._grow)
         self.rows = stop
+        self._batch_ends.append(stop)
 
     def _write_whole_chunks(self, key: str, data: np.ndarray, final: bool = False) -> None:
         """Append ``data`` to the pending rows of a compressed feature; write the whole chunks
@@ -543,6 +584,14 @@ class StoreWriter:
     def _durable_rows(self) -> int:
         """Rows whose every feature is written (compressed ones: up to the last whole chunk)."""
         return min([self.rows] + [self._flushed[k] for k in self._compressed])
+
+    def _publishable_rows(self) -> int:
+        """The last batch end at or below :meth:`_durable_rows` (never a batch cut in two)."""
+        durable = self._durable_rows()
+        rows = self._published
+        while self._batch_ends and self._batch_ends[0] <= durable:
+            rows = self._batch_ends.popleft()
+        return rows
 
     def add_failures(self, index: list[int], paths: list[str], reasons: list[str]) -> None:
         """Record files that could not be read (visible at the next :meth:`commit`)."""
@@ -571,11 +620,12 @@ class StoreWriter:
             with _IOGuard(self):
                 for key in self._compressed:
                     self._write_whole_chunks(key, self._pending[key][:0], final=True)
-        rows = self._durable_rows()
+        rows = self._publishable_rows()
         s = self._state
         s[layout.S_ROWS] = rows
         s[layout.S_FAILED] = self.failed
-        s[layout.S_COMPLETE] = int(complete and rows == self.rows)
+        untouched = (self.rows, self.failed) == self._opened[:2] and rows == self.rows
+        s[layout.S_COMPLETE] = int((complete or (untouched and self._opened[2])) and rows == self.rows)
         s[layout.S_PATH_BYTES] = int(self._paths.ends[rows - 1]) if 0 < rows < self.rows else (
             self._used["paths"] if rows else 0
         )  # fmt: skip
@@ -586,6 +636,7 @@ class StoreWriter:
             self._file.flush()  # the rows first ...
             self._state_ds[:] = s
             self._file.flush()  # ... then the one small write that publishes them
+        self._published = rows
 
     def commit(self) -> None:
         """Publish the rows and failures written so far, after flushing them to disk."""
@@ -594,6 +645,8 @@ class StoreWriter:
     def close(self, complete: bool) -> None:
         """Commit, mark the store complete or not, and close it (releases the lock).
 
+        ``close(complete=False)`` never downgrades a store that was complete when opened and
+        received no rows or failures (a refused resume leaves it complete).
         ``close(complete=False)`` after a write error publishes nothing more and does not raise:
         the store keeps its last committed rows. ``close(complete=True)`` raises if it cannot
         publish, and then nothing claims completeness.
