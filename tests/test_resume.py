@@ -92,3 +92,19 @@ def test_ctrl_c_leaves_resumable_store(folder, tiny_model_file, clean_store, tmp
         assert len(store) < N_IMAGES
     subprocess.run(_argv(folder, out, tiny_model_file, "--resume"), check=True, env=_env(), capture_output=True)
     _assert_same_store(out, clean_store)
+
+
+def test_second_writer_of_the_same_output_is_refused(folder, tiny_model_file, tmp_path):
+    """Two runs writing one output: the second one refuses (the writer's lock), the first completes."""
+    import fastfeat
+    from fastfeat.store.writer import StoreLockedError, StoreWriter
+
+    out = tmp_path / "locked.h5"
+    holder = StoreWriter(out, {"x": ((2,), "float32")}, capacity=4, class_names=[], meta={}, mode="create")
+    try:
+        with pytest.raises(StoreLockedError, match="another process|being written"):
+            fastfeat.extract(folder, out, model=tiny_model_file, layers=["conv3:avg"], overwrite=True, progress=False)
+    finally:
+        holder.close(complete=True)
+    report = fastfeat.extract(folder, out, model=tiny_model_file, layers=["conv3:avg"], overwrite=True, progress=False)
+    assert report.images == N_IMAGES
