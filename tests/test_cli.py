@@ -100,3 +100,11 @@ def test_on_error_raise_exits_with_a_message(tmp_path, tiny_model_file, capsys):
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "b.png" in err and "--resume" in err
+
+
+def test_max_pixels_flag():
+    parse = build_parser().parse_args
+    assert parse(["extract", "d", "-o", "x.h5", "--max-pixels", "none"]).max_pixels is None
+    assert parse(["extract", "d", "-o", "x.h5", "--max-pixels", "1000"]).max_pixels == 1000
+    with pytest.raises(SystemExit):
+        parse(["extract", "d", "-o", "x.h5", "--max-pixels", "0"])

@@ -48,7 +48,10 @@ def register_subparser(subparsers) -> None:
     p.add_argument("--classes", default=None, help="comma-separated class names, fixing their order")
     p.add_argument("--exif", action="store_true", help="apply EXIF orientation (Keras does not)")
     p.add_argument("--no-reduced-decode", action="store_true", help="never use JPEG DCT-domain downscaling")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse images larger than this (bomb guard)")
+    p.add_argument(
+        "--max-pixels", type=_max_pixels, default=DEFAULT_MAX_PIXELS,
+        help="refuse images declaring more pixels than this (decompression-bomb guard); 'none' for no limit",
+    )  # fmt: skip
     p.add_argument("--follow-links", action="store_true", help="follow symbolic links out of SOURCE")
     p.add_argument("--compression", default="none", help="none, lzf, gzip or gzip:LEVEL")
     p.add_argument("--on-error", default="skip", choices=("skip", "raise"), help="what to do with unreadable files")
@@ -70,6 +73,16 @@ def register_subparser(subparsers) -> None:
     aug.add_argument("--vertical-flip", action="store_true", default=None, help="random up-down flips")
     aug.add_argument("--fill-mode", default=None, choices=("constant", "nearest", "reflect", "wrap"), help="points outside the image")
     p.set_defaults(func=run, needs_tensorflow=True, graceful_stop=True)
+
+
+def _max_pixels(text: str) -> int | None:
+    """``"none"`` -> no limit, else a positive int."""
+    if text.strip().lower() == "none":
+        return None
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int or 'none', got {text!r}")
+    return value
 
 
 def _floats(text: str):
