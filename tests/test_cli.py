@@ -108,3 +108,18 @@ def test_max_pixels_flag():
     assert parse(["extract", "d", "-o", "x.h5", "--max-pixels", "1000"]).max_pixels == 1000
     with pytest.raises(SystemExit):
         parse(["extract", "d", "-o", "x.h5", "--max-pixels", "0"])
+
+
+def test_bench_command_prints_the_loader_table(class_tree, tmp_path, capsys):
+    root, _ = class_tree
+    out = tmp_path / "bench.json"
+    argv = ["bench", str(root), "--image-size", "32", "--batch-size", "4", "--repeats", "1", "--no-augment",
+            "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    for name in ("fastfeat", "flow_from_directory", "image_dataset_from_directory", "opencv limit"):
+        assert name in table
+    import json
+
+    payload = json.loads(out.read_text())
+    assert {row["loader"] for row in payload["rows"]} >= {"fastfeat", "opencv limit"} and payload["rates"]
