@@ -94,7 +94,7 @@ class Loader:
         if self.transform is not None:
             return self.transform(images, positions)
         out = np.empty(images.shape, np.float32)
-        normalize_batch(images, out, *self._norm_args)
+        normalize_batch(np.ascontiguousarray(images), out, *self._norm_args)
         return out
 
     def load_batch(self, positions: np.ndarray):
