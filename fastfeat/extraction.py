@@ -253,6 +253,7 @@ def extract(
         An :class:`ExtractReport`.
     """
     t_start = time.perf_counter()
+    _STOP.clear()  # a stop requested from here on (start-up included) ends the run after one batch
     # -- every argument is checked before anything is read, built or written -----------------
     _check_choice("dtype", dtype, DTYPES)
     _check_choice("on_error", on_error, ON_ERROR)
@@ -564,7 +565,6 @@ def _run(loader, positions, batch_size, infer, writer, report, on_error, progres
     steady_images, steady_start = 0, None
     loop_start = time.perf_counter()
     interrupted = False
-    _STOP.clear()
     try:
         iterator = iter(ds)
         while True:
