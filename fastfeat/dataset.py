@@ -25,6 +25,7 @@ import numpy as np
 
 from .augment import Augment
 from .catalog import IMAGE_EXTENSIONS, Catalog, build_catalog
+from .decode import DEFAULT_MAX_PIXELS
 from .loader import DecodeOptions, Loader
 from .preprocess import MODES, Normalization, get_normalization
 
@@ -123,6 +124,8 @@ def image_dataset(
     follow_links: bool = False,
     exif: bool = False,
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+    reduced_decode: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ):
     """A ``tf.data.Dataset`` of ``(images, labels)`` batches for ``model.fit``, from a folder of images.
 
@@ -145,6 +148,9 @@ def image_dataset(
         follow_links: enter symlinked folders.
         exif: apply EXIF orientation (Keras does not).
         extensions: image file extensions to keep.
+        reduced_decode: allow JPEG DCT-domain downscaling for images at least twice the target
+            size (faster; never used with ``nearest``, which must match Keras' pixels).
+        max_pixels: refuse images declaring more pixels than this (``None``: no limit).
 
     Returns:
         The dataset (or a ``(training, validation)`` pair for ``subset="both"``), with attributes
@@ -165,7 +171,8 @@ def image_dataset(
     image_size, augment = _check_args(image_size, batch_size, label_mode, validation_split, subset, shuffle, seed,
                                       augment)  # fmt: skip
     norm = resolve_preprocess(preprocess)
-    options = DecodeOptions(size=image_size, interpolation=interpolation, exif=exif)
+    options = DecodeOptions(size=image_size, interpolation=interpolation, exif=exif, reduced=reduced_decode,
+                            max_pixels=max_pixels)  # fmt: skip
     catalog = build_catalog(directory, classes=classes, follow_links=follow_links, extensions=extensions)
     if label_mode is not None and not catalog.labeled:
         raise ValueError(

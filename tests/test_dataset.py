@@ -164,3 +164,22 @@ def test_fits_a_tiny_model(folder):
     model.compile(optimizer="adam", loss="categorical_crossentropy")
     history = model.fit(ds, epochs=2, verbose=0, shuffle=False)  # the dataset reshuffles itself
     assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
+
+
+def test_decode_settings_are_passed_through(tmp_path):
+    """max_pixels refuses big images (dropped with a warning); reduced_decode=False decodes in full."""
+    import cv2
+    import pytest
+
+    import fastfeat
+
+    root = tmp_path / "imgs" / "a"
+    root.mkdir(parents=True)
+    cv2.imwrite(str(root / "big.jpg"), np.full((64, 64, 3), 128, np.uint8))
+    cv2.imwrite(str(root / "small.jpg"), np.full((8, 8, 3), 128, np.uint8))
+    with pytest.warns(UserWarning, match="big.jpg"):
+        ds = fastfeat.image_dataset(tmp_path / "imgs", image_size=(8, 8), batch_size=4, shuffle=False,
+                                    preprocess=None, max_pixels=100, reduced_decode=False)  # fmt: skip
+        batches = list(ds)
+    assert sum(int(x.shape[0]) for x, _ in batches) == 1
+    assert "too large" in next(iter(ds.unreadable.values()))
