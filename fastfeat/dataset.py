@@ -26,7 +26,7 @@ import numpy as np
 from .augment import Augment
 from .catalog import IMAGE_EXTENSIONS, Catalog, build_catalog
 from .decode import DEFAULT_MAX_PIXELS
-from .loader import DecodeOptions, Loader
+from .loader import DecodeOptions, Loader, pipeline_threads, with_private_pool
 from .preprocess import MODES, Normalization, get_normalization
 
 LABEL_MODES = ("int", "categorical", "binary", None)
@@ -199,10 +199,7 @@ def image_dataset(
 
 
 def _build(positions, catalog: Catalog, options, norm, augment, batch_size, shuffle, seed, label_mode):
-    import cv2
     import tensorflow as tf
-
-    from .runtime import usable_cores
 
     h, w = options.size
     transform = augment.batch_transform(norm, seed=seed, copy=0) if augment is not None else None
@@ -227,13 +224,9 @@ def _build(positions, catalog: Catalog, options, norm, augment, batch_size, shuf
         """One call per batch: decode every image into one buffer, drop the unreadable ones, then
         the fused augment + normalize kernel (OpenCV and Numba release the GIL, so batches run in
         parallel)."""
-        n = len(batch_positions)
-        images = np.empty((n, h, w, 3), np.uint8)
-        ok = np.empty(n, bool)
-        for i, position in enumerate(batch_positions):
-            images[i], ok[i] = loader.load(int(position))
-            if not ok[i]:
-                note_unreadable(int(position))
+        images, ok = loader.decode_batch(batch_positions)
+        for position in batch_positions[~ok]:
+            note_unreadable(int(position))
         if not ok.all():  # dropped here, not by a filter before batching: the number of batches
             images, batch_positions, batch_keys = images[ok], batch_positions[ok], batch_keys[ok]
         return loader.normalize(images, batch_keys), batch_positions  # stays known to model.fit
@@ -255,8 +248,7 @@ def _build(positions, catalog: Catalog, options, norm, augment, batch_size, shuf
             y = tf.expand_dims(tf.cast(y, tf.float32), -1)
         return x, y
 
-    cv2.setNumThreads(1)  # parallelism comes from batches decoded at once; nested pools only thrash
-    threads = usable_cores()
+    threads = pipeline_threads()
     ds = tf.data.Dataset.from_tensor_slices(np.asarray(positions, np.int64))
     if shuffle:
         ds = ds.shuffle(len(positions), seed=seed, reshuffle_each_iteration=True)
@@ -264,9 +256,7 @@ def _build(positions, catalog: Catalog, options, norm, augment, batch_size, shuf
     ds = tf.data.Dataset.zip((ds, keys)).batch(batch_size)
     ds = ds.map(finish, num_parallel_calls=threads, deterministic=True)
     ds = ds.prefetch(tf.data.AUTOTUNE)
-    options = tf.data.Options()
-    options.threading.private_threadpool_size = threads
-    ds = ds.with_options(options)
+    ds = with_private_pool(ds, threads)
     ds.class_names = list(catalog.class_names)
     ds.file_paths = [catalog.abspath(int(p)) for p in positions]
     ds.unreadable = unreadable

@@ -25,11 +25,10 @@ from .models import feature_key, get_spec, is_model_file, normalize_size, parse_
 from .precision import PRECISIONS, check_precision
 from .preprocess import MODES, get_normalization
 from .runtime import parse_device
-from .store.writer import StoreWriter, parse_compression
+from .store.writer import StoreWriter, check_output_dir, parse_compression
 
 DTYPES = ("float32", "float16")
 ON_ERROR = ("skip", "raise")
-DEFAULT_BATCH_SIZE = 32
 
 #: Run settings that must match for ``--resume`` to continue a store.
 RESUME_KEYS = (
@@ -275,7 +274,7 @@ def extract(
     output = os.fspath(output)
     if os.path.exists(output) and not (overwrite or resume):
         raise FileExistsError(f"{output!r} exists. Pass --overwrite to replace it, or --resume to complete it.")
-    _check_output_dir(output)
+    check_output_dir(output)
     parse_compression(compression)
     parse_device(device)
     size = normalize_size(image_size)
@@ -298,7 +297,7 @@ def extract(
         if batch_size_auto and isinstance(stored.get("batch_size"), int):
             batch_size, batch_size_auto = stored["batch_size"], False
 
-    from .models import build_base, extractor_builder, input_size_of, make_infer_fn, truncate
+    from .models import build_base, extractor_builder, make_infer_fn, truncate
     from .runtime import choose_batch_size, configure
 
     runtime = configure(device)  # before any TensorFlow op: thread pools, visible device, memory growth
@@ -378,7 +377,8 @@ def extract(
     try:
         positions = np.arange(len(catalog), dtype=np.int64)
         if mode == "resume":
-            _check_resumable(writer.meta, meta)
+            if stored is None:  # not readable read-only; the writer's recovery opened it
+                _check_resumable(writer.meta, meta)
             positions = np.setdiff1d(positions, writer.processed_indices(), assume_unique=True)
             report.resumed_from = writer.rows
         copies = [augment.batch_transform(normalization, seed, copy=k) for k in range(1, augment_copies + 1)]
@@ -437,14 +437,6 @@ def _check_augment(augment, augment_copies, seed):
             f"Received: augment_copies={augment_copies}"
         )
     return _resolve_augment(augment), augment_copies, 0 if seed is None else int(seed)
-
-
-def _check_output_dir(output: str) -> None:
-    parent = os.path.dirname(os.path.abspath(output))
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(f"The output directory does not exist: {parent!r}. Received: output={output!r}")
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"The output directory is not writable: {parent!r}. Received: output={output!r}")
 
 
 def _resolve_preprocess(preprocess, spec) -> str:

@@ -16,7 +16,6 @@ same images in turn, with a ``copy`` id per row (0 = plain, k = ``copies[k - 1]`
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass, field
 
@@ -97,6 +96,16 @@ class Loader:
         normalize_batch(np.ascontiguousarray(images), out, *self._norm_args)
         return out
 
+    def decode_batch(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Decode catalog items straight into one uint8 buffer: (images (n, h, w, 3), ok (n,))."""
+        h, w = self.options.size
+        n = len(positions)
+        images = np.empty((n, h, w, 3), np.uint8)
+        ok = np.empty(n, bool)
+        for i, position in enumerate(positions):
+            images[i], ok[i] = self.load(position)
+        return images, ok
+
     def load_batch(self, positions: np.ndarray):
         """Decode a batch of catalog items and normalize it (plus any copies), in one call.
 
@@ -107,14 +116,9 @@ class Loader:
         Returns:
             (float32 rows, catalog positions per row, ok per row, copy id per row).
         """
-        h, w = self.options.size
-        n = len(positions)
-        images = np.empty((n, h, w, 3), np.uint8)
-        ok = np.empty(n, bool)
-        for i, position in enumerate(positions):
-            images[i], ok[i] = self.load(position)
+        images, ok = self.decode_batch(positions)
         rows, row_positions, copy = self.normalize_with_copies(images, positions)
-        return rows, row_positions, np.tile(ok, len(rows) // max(n, 1)), copy
+        return rows, row_positions, np.tile(ok, len(rows) // max(len(positions), 1)), copy
 
     # -- tf.data assembly -------------------------------------------------------------------
     def normalize_with_copies(self, images: np.ndarray, positions: np.ndarray):
@@ -129,15 +133,12 @@ class Loader:
         copy int32 (r,))`` with ``r = (1 + len(copies)) * b`` rows per batch of ``b`` images.
 
         ``threads`` is how many batches are decoded at once, each on one thread of a private pool
-        of that size; default: one per usable core. OpenCV's own thread pool is set to one thread
-        (process-wide): the parallelism comes from these batches, and nested pools only thrash.
+        of that size (see :func:`pipeline_threads`).
         """
         import tensorflow as tf
 
         h, w = self.options.size
         positions = np.asarray(positions, dtype=np.int64)
-
-        copies = 1 + len(self.copies)
 
         def load_batch(batch_positions):
             images, rows, ok, copy = tf.numpy_function(
@@ -148,14 +149,30 @@ class Loader:
                 t.set_shape((None,))
             return images, rows, ok, copy
 
-        import cv2
-
-        cv2.setNumThreads(1)
-        threads = usable_cores() if threads is None else int(threads)
+        threads = pipeline_threads(threads)
         ds = tf.data.Dataset.from_tensor_slices(positions).batch(batch_size)
         ds = ds.map(load_batch, num_parallel_calls=threads, deterministic=True)
         ds = ds.prefetch(prefetch if prefetch is not None else tf.data.AUTOTUNE)
-        options = tf.data.Options()
-        options.threading.private_threadpool_size = threads
-        return ds.with_options(options)
+        return with_private_pool(ds, threads)
+
+
+def pipeline_threads(threads: int | None = None) -> int:
+    """Threads for a batch-parallel pipeline (default: one per usable core).
+
+    Sets OpenCV's own pool to one thread (process-wide): the parallelism comes from whole
+    batches decoded at once, and nested pools only thrash.
+    """
+    import cv2
+
+    cv2.setNumThreads(1)
+    return usable_cores() if threads is None else int(threads)
+
+
+def with_private_pool(ds, threads: int):
+    """``ds`` running on a private tf.data thread pool of ``threads`` threads."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads
+    return ds.with_options(options)
 

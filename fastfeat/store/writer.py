@@ -76,6 +76,16 @@ def _space_error(path: str, e: BaseException) -> OSError | None:
     return None
 
 
+def check_output_dir(path: str | os.PathLike) -> None:
+    """Raise if the folder a store is to be written in is missing or not writable."""
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"The output directory does not exist: {parent!r}. Received: output={path!r}")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"The output directory is not writable: {parent!r}. Received: output={path!r}")
+
+
 class _IOGuard:
     """Marks the writer broken on any I/O error (HDF5 may have dropped what it failed to write,
     so nothing may be published after it) and turns a full disk into a clean ``OSError``."""
@@ -206,11 +216,7 @@ class StoreWriter:
         if chunk_rows is not None and int(chunk_rows) < 1:
             raise ValueError(f"`chunk_rows` must be >= 1. Received: chunk_rows={chunk_rows!r}")
         parse_compression(compression)  # validate before touching anything
-        parent = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(parent):
-            raise FileNotFoundError(f"The output directory does not exist: {parent!r}")
-        if not os.access(parent, os.W_OK):
-            raise PermissionError(f"The output directory is not writable: {parent!r}")
+        check_output_dir(self.path)
         exists = os.path.exists(self.path)
         if exists and mode == "create":
             raise FileExistsError(
