@@ -124,6 +124,34 @@ def test_identity_is_the_normalization_exactly():
         np.testing.assert_array_equal(out, get_normalization(mode).apply(x))
 
 
+@pytest.mark.parametrize("channels", [1, 2, 4])
+@pytest.mark.parametrize("mode", FILL_MODES)
+def test_batch_kernel_other_channel_counts(mode, channels):
+    """1, 2 and 4 channels (the generic table and gather loops) equal the same planes warped as RGB."""
+    rgb = np.stack([make_image(40, s) for s in range(2)])  # (2, 40, 40, 3)
+    planes = np.concatenate([rgb, rgb[..., :1]], axis=-1)[..., :channels].copy()
+    params = Augment(rotation_range=35, zoom_range=0.3, shear_range=10, width_shift_range=0.2,
+                     horizontal_flip=True, vertical_flip=True, fill_mode=mode, cval=200.0).sample(
+        np.arange(2), (40, 40), seed=3)  # fmt: skip
+    mats = transform_matrices(params, 40, 40)
+    flips = np.stack([params["flip_horizontal"], params["flip_vertical"]], axis=1).astype(np.uint8)
+    nan = np.full(2, np.nan)
+    perm, lut, fill = normalization_args(get_normalization("rescale"), 200.0)
+    common = (mats, flips, nan, nan, warp.FILL_MODES[mode], 200.0, 1)
+    expected = np.empty(rgb.shape, np.float32)
+    warp.augment_batch(rgb, expected, *common, perm, lut, fill)
+    out = np.empty(planes.shape, np.float32)
+    lut4 = np.concatenate([lut, lut[:1]])[:channels].copy()
+    warp.augment_batch(planes, out, *common, np.arange(channels, dtype=np.int64), lut4,
+                       np.concatenate([fill, fill[:1]])[:channels].copy())  # fmt: skip
+    reference = np.concatenate([expected, expected[..., :1]], axis=-1)[..., :channels]
+    np.testing.assert_array_equal(out, reference)
+    plain = np.empty(planes.shape, np.float32)
+    warp.augment_batch.py_func(planes, plain, *common, np.arange(channels, dtype=np.int64), lut4,
+                               np.concatenate([fill, fill[:1]])[:channels].copy())  # fmt: skip
+    np.testing.assert_allclose(plain, out, rtol=0, atol=1e-4)
+
+
 def test_normalized_augmentation_equals_augment_then_normalize():
     """Normalizing before interpolating (the lookup table) equals Keras' augment-then-preprocess."""
     x = make_image(48, 7)
