@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from .kernels import empty_aligned
 from .preprocess import Normalization, get_normalization
 from .warp import FILL_MODES, augment_batch, augment_batch_raw
 
@@ -231,8 +232,10 @@ class Augment:
             copy: augmented copy index; each copy is an independent draw per image.
 
         Returns:
-            ``transform(images uint8 (n, h, w, 3), positions int64 (n,)) -> float32 (n, h, w, 3)``
-            whose random parameters depend only on ``(seed, position, copy)``.
+            ``transform(images uint8 (n, h, w, 3), positions int64 (n,), out=None) -> float32
+            (n, h, w, 3)`` whose random parameters depend only on ``(seed, position, copy)``; it
+            writes into ``out`` (C-contiguous float32 of that shape) when given, else into a new
+            64-byte aligned array.
         """
         if not _is_number(seed) or int(seed) != seed:
             raise _fail("seed", "must be an integer", seed)
@@ -242,9 +245,13 @@ class Augment:
         args = normalization_args(norm, self.cval)
         seed, copy = int(seed), int(copy)
 
-        def transform(images: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        def transform(images: np.ndarray, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
             images = np.ascontiguousarray(images)
-            out = np.empty(images.shape, np.float32)
+            if out is None:
+                out = empty_aligned(images.shape, np.float32)
+            elif out.shape != images.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+                raise ValueError(f"`out` must be a C-contiguous float32 array of shape {images.shape}. "
+                                 f"Received: out.shape={out.shape}, out.dtype={out.dtype}")  # fmt: skip
             if len(images):
                 params = self.sample(np.asarray(positions, np.int64), images.shape[1:3], seed, copy)
                 self._run(images, out, params, norm, args)

@@ -26,7 +26,7 @@ import numpy as np
 from .augment import Augment
 from .catalog import IMAGE_EXTENSIONS, Catalog, build_catalog
 from .decode import DEFAULT_MAX_PIXELS
-from .loader import DecodeOptions, Loader, pipeline_threads, with_private_pool
+from .loader import DecodeOptions, Loader, pipeline_options, pipeline_threads
 from .preprocess import MODES, Normalization, get_normalization
 
 LABEL_MODES = ("int", "categorical", "binary", None)
@@ -224,7 +224,7 @@ def _build(positions, catalog: Catalog, options, norm, augment, batch_size, shuf
         """One call per batch: decode every image into one buffer, drop the unreadable ones, then
         the fused augment + normalize kernel (OpenCV and Numba release the GIL, so batches run in
         parallel)."""
-        images, ok = loader.decode_batch(batch_positions)
+        images, ok = loader.decode_batch(batch_positions, reuse=True)
         for position in batch_positions[~ok]:
             note_unreadable(int(position))
         if not ok.all():  # dropped here, not by a filter before batching: the number of batches
@@ -255,8 +255,8 @@ def _build(positions, catalog: Catalog, options, norm, augment, batch_size, shuf
     keys = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)
     ds = tf.data.Dataset.zip((ds, keys)).batch(batch_size)
     ds = ds.map(finish, num_parallel_calls=threads, deterministic=True)
-    ds = ds.prefetch(tf.data.AUTOTUNE)
-    ds = with_private_pool(ds, threads)
+    ds = ds.prefetch(max(2, threads))
+    ds = pipeline_options(ds, threads)
     ds.class_names = list(catalog.class_names)
     ds.file_paths = [catalog.abspath(int(p)) for p in positions]
     ds.unreadable = unreadable

@@ -348,6 +348,7 @@ def decode_image(
     exif: bool = False,
     reduced: bool = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Decode an encoded image to uint8 RGB, resized to ``size`` = (height, width).
 
@@ -359,9 +360,11 @@ def decode_image(
         reduced: allow the decoder's DCT downscaling for large JPEGs (never with ``nearest``).
         max_pixels: refuse images declaring more pixels than this (``None``: no limit of ours;
             OpenCV still refuses more than 2**30).
+        out: a C-contiguous uint8 (height, width, 3) array to write the result into (for example
+            one slot of a batch buffer: no per-image allocation or copy); needs ``size``.
 
     Returns:
-        A C-contiguous uint8 array of shape (height, width, 3), RGB.
+        A C-contiguous uint8 array of shape (height, width, 3), RGB (``out`` when given).
 
     Raises:
         DecodeError: empty, unrecognised, truncated, corrupt or oversized data.
@@ -369,6 +372,13 @@ def decode_image(
     """
     flag = check_interpolation(interpolation)
     size = _check_size(size)
+    if out is not None and (
+        size is None or out.shape != (*size, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous
+    ):
+        raise ValueError(
+            f"`out` must be a C-contiguous uint8 array of shape {None if size is None else (*size, 3)} "
+            f"(and `size` must be given). Received: out.shape={out.shape}, out.dtype={out.dtype}"
+        )
     if max_pixels is not None and (not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1):
         raise ValueError(f"`max_pixels` must be a positive int or None. Received: max_pixels={max_pixels!r}")
     raw = _as_bytes(data)
@@ -404,9 +414,14 @@ def decode_image(
     try:
         image = _to_rgb8(image)
         if size is not None and image.shape[:2] != size:
+            if out is not None:
+                return cv2.resize(image, (size[1], size[0]), dst=out, interpolation=flag)
             image = cv2.resize(image, (size[1], size[0]), interpolation=flag)
     except cv2.error as e:
         raise DecodeError(f"cannot convert or resize the {header.format.upper()} image: {_cv_message(e)}") from None
+    if out is not None:
+        out[...] = image
+        return out
     return np.ascontiguousarray(image)
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 DISABLE_JIT = os.environ.get("FASTFEAT_DISABLE_JIT", "").strip().lower() in ("1", "true", "yes", "on")
 
 
@@ -29,6 +31,21 @@ def jit(fn):
     import numba
 
     return numba.njit(nogil=True, cache=True, fastmath=False)(fn)
+
+
+def empty_aligned(shape, dtype=np.float32, align: int = 64) -> np.ndarray:
+    """``np.empty(shape, dtype)`` whose data starts on an ``align``-byte boundary.
+
+    TensorFlow wraps a ``tf.numpy_function`` result without copying only when its data is aligned
+    to Eigen's boundary (up to 64 bytes); NumPy's large allocations start 16 bytes into a page, so
+    every float32 batch returned by the loader would otherwise be copied once more (19 MB per batch
+    of 32 at 224x224; measured: an aligned result is shared, an unaligned one copied).
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + align, np.uint8)
+    offset = (-raw.ctypes.data) % align
+    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
 
 
 @jit

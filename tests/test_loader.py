@@ -1,0 +1,124 @@
+"""The loader's buffers: aligned float32 batches (shared with TensorFlow, not copied), images decoded
+into their batch slot, a reused per-thread decode buffer, and tf.data without the autotuner."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastfeat.augment import Augment
+from fastfeat.catalog import build_catalog
+from fastfeat.decode import decode_image, load_image
+from fastfeat.kernels import empty_aligned
+from fastfeat.loader import DecodeOptions, Loader
+
+from conftest import write_image
+
+SIZE = (16, 20)
+
+
+def make_loader(root, **kwargs) -> Loader:
+    return Loader(build_catalog(root), DecodeOptions(SIZE, "bilinear"), normalization="caffe", **kwargs)
+
+
+@pytest.mark.parametrize("shape", [(0, 4, 4, 3), (1,), (3, 5, 7, 3), (32, 224, 224, 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.uint8, np.float64])
+def test_empty_aligned(shape, dtype):
+    a = empty_aligned(shape, dtype)
+    assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+    assert a.size == 0 or a.ctypes.data % 64 == 0  # an empty array has no data to align
+    a[...] = 1  # the whole extent is writable memory
+    assert a.size == 0 or a.sum() == a.size
+
+
+def test_decode_into_out(class_tree):
+    root, expected = class_tree
+    path = root / expected[4]
+    data = path.read_bytes()
+    batch = np.full((3, *SIZE, 3), 7, np.uint8)
+    result = decode_image(data, SIZE, out=batch[1])
+    assert np.shares_memory(result, batch) and result.base is not None
+    np.testing.assert_array_equal(batch[1], decode_image(data, SIZE))
+    assert (batch[0] == 7).all() and (batch[2] == 7).all()  # neighbours untouched
+    unresized = np.empty((*decode_image(data, None).shape[:2], 3), np.uint8)  # no resize: copied in
+    np.testing.assert_array_equal(load_image(path, unresized.shape[:2], out=unresized), decode_image(data, None))
+
+
+@pytest.mark.parametrize(
+    "out, size",
+    [
+        (np.empty((16, 21, 3), np.uint8), SIZE),  # wrong shape
+        (np.empty((16, 20, 3), np.float32), SIZE),  # wrong dtype
+        (np.empty((16, 40, 3), np.uint8)[:, ::2], SIZE),  # not contiguous
+        (np.empty((16, 20, 3), np.uint8), None),  # no size
+    ],
+)
+def test_decode_out_is_checked(class_tree, out, size):
+    root, expected = class_tree
+    with pytest.raises(ValueError, match="`out`"):
+        decode_image((root / expected[0]).read_bytes(), size, out=out)
+
+
+def test_load_batch_rows_are_aligned_and_right(class_tree):
+    root, _ = class_tree
+    aug = Augment(rotation_range=20, horizontal_flip=True)
+    loader = make_loader(root, copies=[aug.batch_transform("caffe", seed=1, copy=1)])
+    positions = np.arange(len(loader.catalog))
+    rows, row_positions, ok, copy = loader.load_batch(positions)
+    n = len(positions)
+    assert rows.ctypes.data % 64 == 0 and rows.shape == (2 * n, *SIZE, 3)
+    images = np.stack([load_image(loader.catalog.abspath(i), SIZE) for i in positions])
+    from fastfeat.preprocess import get_normalization
+
+    np.testing.assert_array_equal(rows[:n], get_normalization("caffe").apply(images))
+    np.testing.assert_array_equal(rows[n:], aug.batch_transform("caffe", seed=1, copy=1)(images, positions))
+    np.testing.assert_array_equal(row_positions, np.tile(positions, 2))
+    np.testing.assert_array_equal(copy, np.repeat([0, 1], n))
+    assert ok.all()
+
+
+def test_transform_out(class_tree):
+    x = np.random.default_rng(0).integers(0, 256, (4, *SIZE, 3), dtype=np.uint8)
+    transform = Augment(rotation_range=30, zoom_range=0.2).batch_transform("tf", seed=3)
+    fresh = transform(x, np.arange(4))
+    assert fresh.ctypes.data % 64 == 0
+    out = np.zeros((8, *SIZE, 3), np.float32)
+    assert np.shares_memory(transform(x, np.arange(4), out=out[2:6]), out)
+    np.testing.assert_array_equal(out[2:6], fresh)
+    assert not out[:2].any() and not out[6:].any()
+    with pytest.raises(ValueError, match="`out`"):
+        transform(x, np.arange(4), out=np.zeros((4, *SIZE, 3), np.float64))
+
+
+def test_reused_decode_buffer_zeroes_failed_images(tmp_path):
+    """A per-thread buffer reused across batches: an unreadable file must not show the image that
+    sat in its slot in the previous batch."""
+    root = tmp_path / "images"
+    for i in range(4):
+        write_image(root / "a" / f"img_{i}.png", 100 + i)
+    (root / "a" / "img_2.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")  # third file unreadable
+    loader = make_loader(root)
+    first, ok_first = loader.decode_batch(np.array([0, 1]), reuse=True)
+    assert ok_first.all() and first.any()
+    second, ok_second = loader.decode_batch(np.array([3, 2]), reuse=True)
+    assert np.shares_memory(first, second)  # the same scratch memory, no new pages per batch
+    np.testing.assert_array_equal(ok_second, [True, False])
+    assert not second[1].any()
+    np.testing.assert_array_equal(second[0], load_image(loader.catalog.abspath(3), SIZE))
+    assert 2 in loader.reasons
+    fresh, _ = loader.decode_batch(np.array([0, 1]))
+    assert not np.shares_memory(fresh, second)  # without reuse: a new buffer each call
+
+
+def test_pipelines_run_without_the_autotuner(class_tree):
+    """tf.data's autotuner takes 0.2-0.3 s to stop at every iterator deletion (every epoch)."""
+    from fastfeat import image_dataset
+
+    root, _ = class_tree
+    loader = make_loader(root)
+    datasets = [loader.dataset(np.arange(len(loader.catalog)), 4),
+                image_dataset(root, image_size=SIZE, batch_size=4, preprocess="caffe", seed=0)]  # fmt: skip
+    for ds in datasets:
+        assert ds.options().autotune.enabled is False
+        assert ds.options().threading.private_threadpool_size >= 1
+        assert sum(int(batch[0].shape[0]) for batch in ds) == len(loader.catalog)
