@@ -45,10 +45,11 @@ def main(argv=None) -> int:
         source, (args.size, args.size), args.batch_size, args.repeats, candidates=candidates, log=print
     )
     rows = table_rows(results)
-    columns = ["loader", "images/s", "min", "max", "x flow_from_directory", "% of limit", "cpu ms/img"]
+    columns = ["loader", "images/s", "min", "max", "x flow_from_directory", "x flow (paired)", "% of limit",
+               "% of limit (paired)", "cpu ms/img", "% of limit (cpu)", "note"]  # fmt: skip
     print_table(
         rows,
-        [*columns, "% of limit (cpu)", "note"],
+        columns,
         title=f"Loaders: {results[0].images} JPEGs -> float32 {args.size}x{args.size}, batch {args.batch_size}, "
         f"median of {args.repeats} interleaved rounds",
     )

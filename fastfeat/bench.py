@@ -218,9 +218,18 @@ def table_rows(results: list[LoaderResult]) -> list[dict]:
     """Rows for a table: median images/s and CPU ms/image, ratios to flow_from_directory and the limit.
 
     ``% of limit (cpu)`` is the limit's CPU cost per image over the candidate's: the efficiency a
-    candidate would show on an idle machine where both use every core.
+    candidate would show on an idle machine where both use every core. The ``paired`` columns are
+    medians of the per-round ratios, steadier than ratios of medians on a shared machine.
     """
     by_name = {r.name: r for r in results}
+
+    def paired(r: LoaderResult, reference: str) -> float | None:
+        """Median over rounds of the rate ratio within a round (rounds are interleaved, so a slow
+        spell of the machine hits both sides of a ratio alike)."""
+        if reference not in by_name:
+            return None
+        return statistics.median(a / b for a, b in zip(r.rates, by_name[reference].rates))
+
     base = by_name[BASELINE].median if BASELINE in by_name else None
     limit = by_name[LIMIT].median if LIMIT in by_name else None
     limit_cpu = by_name[LIMIT].median_cpu_ms if LIMIT in by_name else None
@@ -234,6 +243,8 @@ def table_rows(results: list[LoaderResult]) -> list[dict]:
                 "max": max(r.rates),
                 "x flow_from_directory": r.median / base if base else None,
                 "% of limit": 100 * r.median / limit if limit else None,
+                "x flow (paired)": paired(r, BASELINE),
+                "% of limit (paired)": 100 * paired(r, LIMIT) if limit else None,
                 "cpu ms/img": r.median_cpu_ms,
                 "% of limit (cpu)": 100 * limit_cpu / r.median_cpu_ms if limit_cpu else None,
                 "note": r.note,
