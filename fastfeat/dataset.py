@@ -1,22 +1,24 @@
 """``image_dataset``: a fast drop-in for ``flow_from_directory`` / ``image_dataset_from_directory``.
 
-The pipeline is Keras' own recipe with OpenCV and Numba in the map functions::
+The pipeline (the extract loader's, see :mod:`fastfeat.loader`)::
 
-    catalog positions -> shuffle (every epoch) -> zip per-epoch random keys -> batch
-        -> map(per batch: read + decode + resize every image into one buffer, drop unreadable,
-               fused augment + normalize kernel; one batch per core at once, OpenCV and Numba
-               release the GIL) -> prefetch
+    catalog positions -> order and per-image random keys for this epoch (from seed and epoch)
+        -> batches -> ordered parallel map on worker threads (per batch: read + decode + resize
+           every image into one buffer, drop unreadable, fused augment + normalize kernel,
+           labels; one batch per core at once, OpenCV and Numba release the GIL)
+        -> tf.data (``from_generator``, known cardinality)
 
+Each iteration of the dataset is one epoch (``model.fit`` iterates it once per epoch): a new
+shuffle and new augmentation draws every epoch, the same sequence of epochs for the same ``seed``.
 The catalog rules are :func:`fastfeat.build_catalog`'s (the same as ``fastfeat extract``). Each
-image's augmentation parameters depend on ``(seed, key)``, where ``key`` comes from
-``tf.data.Dataset.random(seed, rerandomize_each_iteration=True)``: different every epoch,
-reproducible from ``seed``. Unreadable images are dropped from their batch (they never reach the
-model; that batch is smaller), with one warning per dataset; ``dataset.unreadable`` maps their
-paths to the reason.
+image's augmentation parameters depend on ``(seed, key)``, where ``key`` is drawn per image and
+epoch. Unreadable images are dropped from their batch (they never reach the model; that batch is
+smaller), with one warning per dataset; ``dataset.unreadable`` maps their paths to the reason.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import warnings
@@ -26,7 +28,7 @@ import numpy as np
 from .augment import Augment
 from .catalog import IMAGE_EXTENSIONS, Catalog, build_catalog
 from .decode import DEFAULT_MAX_PIXELS
-from .loader import DecodeOptions, Loader, pipeline_options, pipeline_threads
+from .loader import DecodeOptions, Loader, keep_large_allocations, ordered_map, pipeline_options, pipeline_threads
 from .preprocess import MODES, Normalization, get_normalization
 
 LABEL_MODES = ("int", "categorical", "binary", None)
@@ -220,43 +222,50 @@ def _build(positions, catalog: Catalog, options, norm, augment, batch_size, shuf
                 stacklevel=2,
             )
 
-    def load_batch(batch_positions: np.ndarray, batch_keys: np.ndarray):
-        """One call per batch: decode every image into one buffer, drop the unreadable ones, then
-        the fused augment + normalize kernel (OpenCV and Numba release the GIL, so batches run in
-        parallel)."""
+    labels = catalog.labels.astype(np.int32)
+    num_classes = len(catalog.class_names)
+
+    def load_batch(batch):
+        """One call per batch on a worker thread: decode every image into one buffer, drop the
+        unreadable ones, then the fused augment + normalize kernel, and the labels."""
+        batch_positions, batch_keys = batch
         images, ok = loader.decode_batch(batch_positions, reuse=True)
         for position in batch_positions[~ok]:
             note_unreadable(int(position))
         if not ok.all():  # dropped here, not by a filter before batching: the number of batches
             images, batch_positions, batch_keys = images[ok], batch_positions[ok], batch_keys[ok]
-        return loader.normalize(images, batch_keys), batch_positions  # stays known to model.fit
-
-    labels = tf.constant(catalog.labels.astype(np.int32))
-    num_classes = len(catalog.class_names)
-
-    def finish(batch_positions, batch_keys):
-        x, position = tf.numpy_function(load_batch, [batch_positions, batch_keys], [tf.float32, tf.int64],
-                                        stateful=False)  # fmt: skip
-        x.set_shape((None, h, w, 3))
-        position.set_shape((None,))
+        x = loader.normalize(images, batch_keys)  # stays known to model.fit
         if label_mode is None:
             return x
-        y = tf.gather(labels, position)
+        y = labels[batch_positions]
         if label_mode == "categorical":
-            y = tf.one_hot(y, num_classes, dtype=tf.float32)
+            y = np.eye(num_classes, dtype=np.float32)[y]
         elif label_mode == "binary":
-            y = tf.expand_dims(tf.cast(y, tf.float32), -1)
+            y = y.astype(np.float32)[:, None]
         return x, y
 
+    positions = np.asarray(positions, np.int64)
     threads = pipeline_threads()
-    ds = tf.data.Dataset.from_tensor_slices(np.asarray(positions, np.int64))
-    if shuffle:
-        ds = ds.shuffle(len(positions), seed=seed, reshuffle_each_iteration=True)
-    keys = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True)
-    ds = tf.data.Dataset.zip((ds, keys)).batch(batch_size)
-    ds = ds.map(finish, num_parallel_calls=threads, deterministic=True)
-    ds = ds.prefetch(max(2, threads))
-    ds = pipeline_options(ds, threads)
+    epochs = itertools.count()
+
+    def one_epoch():
+        """A new order (if shuffling) and new augmentation streams each epoch, from ``seed``."""
+        keep_large_allocations()
+        rng = np.random.default_rng([seed, next(epochs)])
+        order = rng.permutation(positions) if shuffle else positions
+        keys = rng.integers(0, 2**63 - 1, len(order), dtype=np.int64)  # per-image augmentation streams
+        batches = [(order[i : i + batch_size], keys[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+        return ordered_map(load_batch, batches, threads, max(2, threads))
+
+    x_spec = tf.TensorSpec((None, h, w, 3), tf.float32)
+    y_spec = {
+        "int": tf.TensorSpec((None,), tf.int32),
+        "categorical": tf.TensorSpec((None, num_classes), tf.float32),
+        "binary": tf.TensorSpec((None, 1), tf.float32),
+    }.get(label_mode)
+    ds = tf.data.Dataset.from_generator(one_epoch, output_signature=x_spec if y_spec is None else (x_spec, y_spec))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(-(-len(positions) // batch_size)))  # progress bars
+    ds = pipeline_options(ds)
     ds.class_names = list(catalog.class_names)
     ds.file_paths = [catalog.abspath(int(p)) for p in positions]
     ds.unreadable = unreadable

@@ -1,10 +1,19 @@
-"""The tf.data input pipeline: catalog positions -> decoded, resized, normalized float32 batches.
+"""The input pipeline: catalog positions -> decoded, resized, normalized float32 batches.
 
-Shape of the pipeline (Keras' own recipe, with OpenCV and Numba in the map functions)::
+Shape of the pipeline::
 
-    positions -> batch -> map(per batch: read + decode + resize every image into one uint8
-                              buffer, then the Numba kernel to float32; batches in parallel,
-                              GIL released by OpenCV and Numba) -> prefetch
+    positions -> batches -> ordered parallel map on a pool of Python threads (per batch: read +
+                            decode + resize every image into one uint8 buffer, then the Numba
+                            kernel to float32; OpenCV and Numba release the GIL) -> tf.data
+                            (``Dataset.from_generator``, known cardinality)
+
+The workers are plain Python threads rather than a ``tf.data`` parallel ``map`` over
+``tf.numpy_function``: measured side by side on 2 cores (480 JPEGs to 224x224), the same per-batch
+function ran at 100% of a thread pool's rate when a thread pool fed ``from_generator``, 86% as a
+``tf.data`` map on the shared inter-op pool, and 67% on a private ``tf.data`` pool, the difference
+being CPU burnt in TensorFlow's thread hand-offs (1.56 against 2.14 CPU ms per image). At most
+``threads + ahead`` batches are in flight or waiting, so memory stays bounded when the consumer is
+slow (a CPU model), and the workers keep decoding while the consumer is busy (a GPU model).
 
 A file that cannot be read yields an all-zero image with ``ok = False`` and its reason in
 :attr:`Loader.reasons`; the consumer drops those rows (they are never written as features).
@@ -16,7 +25,15 @@ same images in turn, with a ``copy`` id per row (0 = plain, k = ``copies[k - 1]`
 
 from __future__ import annotations
 
+import collections
+import ctypes
+import itertools
+import os
+import platform
+import sys
 import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,7 +93,7 @@ class Loader:
         self.normalization = get_normalization(self.normalization)
         self._norm_args = self.normalization.kernel_args()
 
-    # -- per-item and per-batch work (called by tf.data from its threads) -------------------
+    # -- per-item and per-batch work (called from the pipeline's worker threads) -----------
     def load(self, position: int, out: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
         """Decode catalog item ``position``: (uint8 image, ok), written into ``out`` if given."""
         o = self.options
@@ -132,9 +149,9 @@ class Loader:
     def load_batch(self, positions: np.ndarray):
         """Decode a batch of catalog items and normalize it (plus any copies), in one call.
 
-        One ``tf.numpy_function`` per batch rather than per image: the Python and tensor overheads
-        are paid once per batch, the images are decoded straight into one uint8 buffer, and
-        tf.data runs several batches at once (OpenCV and the kernels release the GIL).
+        The unit of work of a pipeline worker: the Python overhead is paid once per batch, the
+        images are decoded straight into one uint8 buffer, and several batches run at once
+        (OpenCV and the kernels release the GIL).
 
         Returns:
             (float32 rows, catalog positions per row, ok per row, copy id per row).
@@ -143,7 +160,6 @@ class Loader:
         rows, row_positions, copy = self.normalize_with_copies(images, positions)
         return rows, row_positions, np.tile(ok, len(rows) // max(len(positions), 1)), copy
 
-    # -- tf.data assembly -------------------------------------------------------------------
     def normalize_with_copies(self, images: np.ndarray, positions: np.ndarray):
         """The plain batch followed by every copy: (float32 rows, positions, copy ids).
 
@@ -158,37 +174,64 @@ class Loader:
         copy_ids = np.repeat(np.arange(parts, dtype=np.int32), n)
         return rows, np.tile(positions, parts), copy_ids
 
+    # -- tf.data assembly -------------------------------------------------------------------
     def dataset(self, positions, batch_size: int, prefetch: int | None = None, threads: int | None = None):
         """A ``tf.data.Dataset`` of ``(images float32 (r,h,w,3), positions int64 (r,), ok bool (r,),
         copy int32 (r,))`` with ``r = (1 + len(copies)) * b`` rows per batch of ``b`` images.
 
-        ``threads`` is how many batches are decoded at once, each on one thread of a private pool
-        of that size (see :func:`pipeline_threads`); ``prefetch`` how many finished batches wait
-        ahead (default: as many as threads, at least 2).
+        ``threads`` batches are decoded at once, each on one worker thread (see
+        :func:`pipeline_threads` and :func:`ordered_map`); ``prefetch`` more finished batches may
+        wait ahead of the consumer (default: as many as threads, at least 2). Each iteration of
+        the dataset is one pass over ``positions`` with its own worker pool.
         """
         import tensorflow as tf
 
         h, w = self.options.size
         positions = np.asarray(positions, dtype=np.int64)
-
-        def load_batch(batch_positions):
-            images, rows, ok, copy = tf.numpy_function(
-                self.load_batch, [batch_positions], [tf.float32, tf.int64, tf.bool, tf.int32], stateful=False
-            )
-            images.set_shape((None, h, w, 3))
-            for t in (rows, ok, copy):
-                t.set_shape((None,))
-            return images, rows, ok, copy
-
         threads = pipeline_threads(threads)
-        ds = tf.data.Dataset.from_tensor_slices(positions).batch(batch_size)
-        ds = ds.map(load_batch, num_parallel_calls=threads, deterministic=True)
-        ds = ds.prefetch(prefetch if prefetch is not None else max(2, threads))
-        return pipeline_options(ds, threads)
+        ahead = max(2, threads) if prefetch is None else int(prefetch)
+        batches = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
+
+        def one_pass():
+            keep_large_allocations()
+            return ordered_map(self.load_batch, batches, threads, ahead)
+
+        signature = (
+            tf.TensorSpec((None, h, w, 3), tf.float32),
+            tf.TensorSpec((None,), tf.int64),
+            tf.TensorSpec((None,), tf.bool),
+            tf.TensorSpec((None,), tf.int32),
+        )
+        ds = tf.data.Dataset.from_generator(one_pass, output_signature=signature)
+        return pipeline_options(ds.apply(tf.data.experimental.assert_cardinality(len(batches))))
+
+
+def ordered_map(fn: Callable, items: Iterable, threads: int, ahead: int = 2) -> Iterator:
+    """``fn(item)`` for every item, in order, computed by ``threads`` worker threads at once.
+
+    At most ``threads + ahead`` results are in flight or waiting, and the next item is submitted
+    as soon as a result is taken, so the workers run while the consumer works. An exception from
+    ``fn`` is raised when its result is reached. Closing the generator early (the consumer
+    stops) cancels the waiting items and waits only for the running ones.
+    """
+    if threads < 1 or ahead < 0:
+        raise ValueError(f"`threads` must be >= 1 and `ahead` >= 0. Received: threads={threads}, ahead={ahead}")
+    items = iter(items)
+    with ThreadPoolExecutor(threads, thread_name_prefix="fastfeat-loader") as pool:
+        pending = collections.deque(pool.submit(fn, item) for item in itertools.islice(items, threads + ahead))
+        try:
+            while pending:
+                result = pending.popleft().result()
+                for item in itertools.islice(items, 1):
+                    pending.append(pool.submit(fn, item))
+                yield result
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def pipeline_threads(threads: int | None = None) -> int:
-    """Threads for a batch-parallel pipeline (default: one per usable core).
+    """Worker threads for a batch-parallel pipeline (default: one per usable core).
 
     Sets OpenCV's own pool to one thread (process-wide): the parallelism comes from whole
     batches decoded at once, and nested pools only thrash.
@@ -199,18 +242,45 @@ def pipeline_threads(threads: int | None = None) -> int:
     return usable_cores() if threads is None else int(threads)
 
 
-def pipeline_options(ds, threads: int):
-    """``ds`` on a private tf.data thread pool of ``threads`` threads, with autotuning off.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
-    The pipeline's parallelism and buffers are fixed by us (one batch per thread, a prefetch of
-    as many), so tf.data's autotuner has nothing to tune; its background thread would still cost
-    CPU during the run and, worse, takes 0.2-0.3 s to stop when an iterator is deleted: once per
-    epoch for ``model.fit`` (measured: 480-image epochs ran at ~760 img/s against ~1,300 with
-    autotuning off, the whole difference spent in iterator teardown).
+
+def keep_large_allocations() -> bool:
+    """Let glibc serve allocations up to 32 MB from its heaps again; True if it was changed.
+
+    TensorFlow's ``Dataset.from_generator`` on Python 3.11 fixes glibc's ``M_MMAP_THRESHOLD``
+    at 128 KB, process-wide (``ApplyPython311MemoryPatch``, against heap growth in TF's own
+    leak reports). Every decoded photo (500x375 RGB is 0.56 MB) and every batch buffer is then a
+    fresh ``mmap`` whose pages fault in and are unmapped again: measured on this project's 2-core
+    VM, 1.5 ms of kernel time per image, which more than halved the loader's throughput and that
+    of any OpenCV decoding in the process. glibc's own default moves the threshold up to the size
+    of the large blocks a program frees (at most 32 MB, trimming kept at twice that); this
+    restores those values, so a steady pipeline reuses its blocks. Called at the start of every
+    pass. Set ``FASTFEAT_MALLOC_TUNING=0`` to leave the allocator alone; a no-op off glibc.
+    """
+    if os.environ.get("FASTFEAT_MALLOC_TUNING", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) & bool(mallopt(_M_TRIM_THRESHOLD, 64 << 20))
+
+
+def pipeline_options(ds):
+    """``ds`` with tf.data's autotuner off.
+
+    The pipeline's parallelism and buffers are fixed by us, so the autotuner has nothing to tune;
+    its background thread would still cost CPU during the run and, worse, takes 0.2-0.3 s to
+    stop whenever an iterator is deleted: once per epoch for ``model.fit`` (measured: 480-image
+    epochs ran at ~760 img/s against ~1,300 with autotuning off, the difference spent in iterator
+    teardown).
     """
     import tensorflow as tf
 
     options = tf.data.Options()
-    options.threading.private_threadpool_size = threads
     options.autotune.enabled = False
     return ds.with_options(options)

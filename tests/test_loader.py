@@ -120,5 +120,107 @@ def test_pipelines_run_without_the_autotuner(class_tree):
                 image_dataset(root, image_size=SIZE, batch_size=4, preprocess="caffe", seed=0)]  # fmt: skip
     for ds in datasets:
         assert ds.options().autotune.enabled is False
-        assert ds.options().threading.private_threadpool_size >= 1
-        assert sum(int(batch[0].shape[0]) for batch in ds) == len(loader.catalog)
+        assert int(ds.cardinality()) == 3  # 9 images in batches of 4: known, for progress bars
+        for _ in range(2):  # each iteration is a whole pass
+            assert sum(int(batch[0].shape[0]) for batch in ds) == len(loader.catalog)
+
+
+def test_ordered_map_keeps_order_and_runs_in_parallel():
+    import threading
+    import time
+
+    from fastfeat.loader import ordered_map
+
+    lock = threading.Lock()
+    running, peak = [0], [0]
+    both_running = threading.Barrier(2, timeout=10)  # deadlocks (BrokenBarrierError) unless 2 run at once
+
+    def work(k):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        if k < 2:
+            both_running.wait()
+        time.sleep(0.002 * ((7 * k) % 5))  # finish out of order
+        with lock:
+            running[0] -= 1
+        return k * k
+
+    assert list(ordered_map(work, range(20), threads=2, ahead=3)) == [k * k for k in range(20)]
+    assert peak[0] == 2
+
+
+def test_ordered_map_is_bounded_and_stops_early():
+    import threading
+    import time
+
+    from fastfeat.loader import ordered_map
+
+    started = []
+    lock = threading.Lock()
+
+    def work(k):
+        with lock:
+            started.append(k)
+        return k
+
+    results = ordered_map(work, range(1000), threads=2, ahead=3)
+    assert next(results) == 0
+    time.sleep(0.2)  # a slow consumer: the workers must not run the whole input ahead
+    assert len(started) <= 2 + 3 + 1
+    results.close()  # the consumer stops: waiting items are cancelled, no new ones start
+    count = len(started)
+    time.sleep(0.1)
+    assert len(started) == count <= 6
+
+
+def test_ordered_map_raises_in_order_and_checks_arguments():
+    from fastfeat.loader import ordered_map
+
+    def work(k):
+        if k == 3:
+            raise RuntimeError("boom at 3")
+        return k
+
+    results = ordered_map(work, range(10), threads=2)
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(RuntimeError, match="boom at 3"):
+        next(results)
+    with pytest.raises(ValueError, match="threads"):
+        next(ordered_map(work, range(3), threads=0))
+    assert list(ordered_map(work, [], threads=2)) == []
+
+
+def _page_faults_of_large_blocks(count: int = 40, size: int = 1 << 20) -> int:
+    """Minor page faults while a 1 MB block is allocated, written and freed ``count`` times."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(count):
+        block = np.empty(size, np.uint8)
+        block[:] = 1
+        del block
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
+def test_large_blocks_are_reused_after_a_pipeline_pass(class_tree):
+    """TensorFlow's from_generator fixes glibc's mmap threshold at 128 KB on Python 3.11: every
+    decoded photo and batch buffer was then a fresh mmap (1.5 ms of kernel time per image here).
+    After a pass of our pipeline, freed 1 MB blocks must be reused, not unmapped and faulted in."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    root, _ = class_tree
+    loader = make_loader(root)
+    assert sum(int(batch[0].shape[0]) for batch in loader.dataset(np.arange(len(loader.catalog)), 4)) == 9
+    _page_faults_of_large_blocks(2)  # the first block may fault its pages in once
+    assert _page_faults_of_large_blocks() < 40 * 256 // 4  # 256 pages per block if each were a new mmap
+
+
+def test_malloc_tuning_can_be_turned_off(monkeypatch):
+    from fastfeat.loader import keep_large_allocations
+
+    monkeypatch.setenv("FASTFEAT_MALLOC_TUNING", "0")
+    assert keep_large_allocations() is False
