@@ -170,6 +170,11 @@ def _coords_clamped(m, rr, flip_h, h, w, constant, taps, weights):
     one = np.float32(1.0)
     hm = np.float32(h - 1)
     wm = np.float32(w - 1)
+    w32 = np.int32(w)  # int32 throughout: int64 compares would halve the vector width
+    last_row = np.int32(h - 1)
+    last_col = np.int32(w - 1)
+    zero32 = np.int32(0)
+    one32 = np.int32(1)
     if not constant:
         for c in range(w):
             cf = np.float32(c)
@@ -182,9 +187,9 @@ def _coords_clamped(m, rr, flip_h, h, w, constant, taps, weights):
             w11 = fy * fx
             w10 = fy - w11
             w01 = fx - w11
-            taps[0, c] = iy * np.int32(w) + ix
-            taps[1, c] = np.int32(w) if iy < h - 1 else 0
-            taps[2, c] = np.int32(1) if ix < w - 1 else 0
+            taps[0, c] = iy * w32 + ix
+            taps[1, c] = w32 if iy < last_row else zero32
+            taps[2, c] = one32 if ix < last_col else zero32
             weights[0, c] = (one - fy) - w01
             weights[1, c] = w01
             weights[2, c] = w10
@@ -206,9 +211,9 @@ def _coords_clamped(m, rr, flip_h, h, w, constant, taps, weights):
         w10 = fy - w11
         w01 = fx - w11
         w00 = (one - fy) - w01
-        taps[0, c] = fill_pixel if outside else iy * np.int32(w) + ix
-        taps[1, c] = 0 if outside or iy >= h - 1 else np.int32(w)
-        taps[2, c] = 0 if outside or ix >= w - 1 else np.int32(1)
+        taps[0, c] = fill_pixel if outside else iy * w32 + ix
+        taps[1, c] = zero32 if outside or iy >= last_row else w32
+        taps[2, c] = zero32 if outside or ix >= last_col else one32
         weights[0, c] = one if outside else w00
         weights[1, c] = zero if outside else w01
         weights[2, c] = zero if outside else w10
