@@ -472,9 +472,15 @@ def read_file(path: str | bytes | os.PathLike) -> bytes:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise DecodeError("cannot read file: not a regular file", os.fsdecode(path))
-        with os.fdopen(fd, "rb", closefd=True) as f:
-            fd = -1
-            return f.read()
+        # one read of the size fstat gives (no buffered file object: measurably cheaper per image);
+        # a short read (the file shrank) or an unknown size reads on to the end
+        data = os.read(fd, info.st_size) if info.st_size > 0 else b""
+        if len(data) < info.st_size or info.st_size == 0:
+            parts = [data]
+            while more := os.read(fd, 1 << 20):
+                parts.append(more)
+            data = b"".join(parts)
+        return data
     except OSError as e:
         raise DecodeError(f"cannot read file: {e.strerror or e}", os.fsdecode(path)) from None
     finally:

@@ -5,7 +5,7 @@ its thread pools and visible devices when its runtime starts, and refuses change
 (then the settings that could not be applied are recorded as such, never raised).
 
 Threads: inference is the bottleneck on a CPU, so the model gets every core (TensorFlow intra-op)
-and the loader a small share; OpenCV's own worker threads are switched off because tf.data already
+and the loader a small share; OpenCV's own worker threads are switched off because the loader already
 runs many decodes at once (nested pools oversubscribe the cores). On a GPU the loader gets every core.
 """
 
@@ -178,8 +178,8 @@ class ThreadPlan:
         cores: usable CPU cores.
         intra_op: TensorFlow intra-op threads (the model's kernels).
         inter_op: TensorFlow inter-op threads (independent ops at once).
-        loader: threads the tf.data loader should use (``options.threading.private_threadpool_size``).
-        opencv: OpenCV's own worker threads per call (1: parallelism comes from tf.data).
+        loader: worker threads of the loader (batches decoded at once, see :mod:`fastfeat.loader`).
+        opencv: OpenCV's own worker threads per call (1: parallelism comes from the loader's workers).
         numba: Numba threads for parallel kernels.
         applied: setting -> whether it took effect (TensorFlow's are fixed once its runtime starts).
         previous: OpenCV and Numba settings before, for :func:`restore_threads`.
@@ -291,7 +291,7 @@ def configure(device: str | None = "auto", loader_threads: int | None = None) ->
 
     Args:
         device: ``"auto"``, ``"cpu"``, ``"gpu"`` or ``"gpu:N"``.
-        loader_threads: threads for the tf.data loader (default: see :func:`plan_threads`).
+        loader_threads: worker threads of the loader (default: see :func:`plan_threads`).
     """
     parse_device(device)  # validate before touching TensorFlow
     info = select_device(device)

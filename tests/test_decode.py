@@ -414,3 +414,15 @@ def test_permission_error_is_reported_as_a_reason(tmp_path, monkeypatch):
     with pytest.raises(DecodeError, match="cannot read file: Permission denied") as info:
         load_image(path, (4, 4))
     assert info.value.path == path
+
+
+def test_read_file_reads_whole_files(tmp_path):
+    from fastfeat.decode import read_file
+
+    big = tmp_path / "big.bin"
+    payload = np.random.default_rng(0).integers(0, 256, (3 << 20) + 17, dtype=np.uint8).tobytes()
+    big.write_bytes(payload)
+    assert read_file(big) == payload
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    assert read_file(empty) == b""
