@@ -122,7 +122,10 @@ class Loader:
             return self.transform(images, positions, out=out)
         if out is None:
             out = empty_aligned(images.shape, np.float32)
-        normalize_batch(np.ascontiguousarray(images), out, *self._norm_args)
+        if self.normalization.is_identity:  # NumPy's vectorized cast: ~3x faster than the table
+            np.copyto(out, images, casting="unsafe")
+        else:
+            normalize_batch(np.ascontiguousarray(images), out, *self._norm_args)
         return out
 
     def decode_batch(self, positions: np.ndarray, reuse: bool = False) -> tuple[np.ndarray, np.ndarray]:

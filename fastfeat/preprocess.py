@@ -68,6 +68,12 @@ class Normalization:
             x /= np.asarray(self.std, dtype=np.float32)
         return x
 
+    @property
+    def is_identity(self) -> bool:
+        """True when the normalization leaves the values as they are (``none``: models that
+        normalize inside their graph); a plain uint8 -> float32 conversion then does the job."""
+        return not self.bgr and self.scale == 1.0 and self.divisor == 1.0 and not any(self.mean) and self.std is None
+
     def lookup_table(self) -> np.ndarray:
         """The (3, 256) float32 table ``lut[c, v]``: output channel ``c`` for a source value ``v``.
 

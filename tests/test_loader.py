@@ -224,3 +224,17 @@ def test_malloc_tuning_can_be_turned_off(monkeypatch):
 
     monkeypatch.setenv("FASTFEAT_MALLOC_TUNING", "0")
     assert keep_large_allocations() is False
+
+
+@pytest.mark.parametrize("mode", ["none", "caffe", "tf", "torch", "rescale"])
+def test_normalize_is_exactly_keras(class_tree, mode):
+    """Every mode, including the plain cast used for ``none``, equals Normalization.apply bit for bit."""
+    from fastfeat.preprocess import get_normalization
+
+    norm = get_normalization(mode)
+    assert norm.is_identity == (mode == "none")
+    images = np.random.default_rng(1).integers(0, 256, (3, *SIZE, 3), dtype=np.uint8)
+    loader = Loader(build_catalog(class_tree[0]), DecodeOptions(SIZE), normalization=mode)
+    out = loader.normalize(images, np.arange(3))
+    assert out.dtype == np.float32 and out.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(out, norm.apply(images))
