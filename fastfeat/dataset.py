@@ -28,7 +28,7 @@ import numpy as np
 from .augment import Augment
 from .catalog import IMAGE_EXTENSIONS, Catalog, build_catalog
 from .decode import DEFAULT_MAX_PIXELS
-from .loader import DecodeOptions, Loader, keep_large_allocations, ordered_map, pipeline_options, pipeline_threads
+from .loader import DecodeOptions, Loader, keep_large_allocations, ordered_map, pipeline_threads
 from .preprocess import MODES, Normalization, get_normalization
 
 LABEL_MODES = ("int", "categorical", "binary", None)
@@ -238,8 +238,8 @@ def _build(positions, catalog: Catalog, options, norm, augment, batch_size, shuf
         if label_mode is None:
             return x
         y = labels[batch_positions]
-        if label_mode == "categorical":
-            y = np.eye(num_classes, dtype=np.float32)[y]
+        if label_mode == "categorical":  # an unlabeled row (-1, file lists) is all zeros, as tf.one_hot gives
+            y = (y[:, None] == np.arange(num_classes)).astype(np.float32)
         elif label_mode == "binary":
             y = y.astype(np.float32)[:, None]
         return x, y
@@ -265,7 +265,6 @@ def _build(positions, catalog: Catalog, options, norm, augment, batch_size, shuf
     }.get(label_mode)
     ds = tf.data.Dataset.from_generator(one_epoch, output_signature=x_spec if y_spec is None else (x_spec, y_spec))
     ds = ds.apply(tf.data.experimental.assert_cardinality(-(-len(positions) // batch_size)))  # progress bars
-    ds = pipeline_options(ds)
     ds.class_names = list(catalog.class_names)
     ds.file_paths = [catalog.abspath(int(p)) for p in positions]
     ds.unreadable = unreadable

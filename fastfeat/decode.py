@@ -415,7 +415,10 @@ def decode_image(
         image = _to_rgb8(image)
         if size is not None and image.shape[:2] != size:
             if out is not None:
-                return cv2.resize(image, (size[1], size[0]), dst=out, interpolation=flag)
+                resized = cv2.resize(image, (size[1], size[0]), dst=out, interpolation=flag)
+                if not np.may_share_memory(resized, out):  # OpenCV allocated anyway: copy in
+                    out[...] = resized
+                return out
             image = cv2.resize(image, (size[1], size[0]), interpolation=flag)
     except cv2.error as e:
         raise DecodeError(f"cannot convert or resize the {header.format.upper()} image: {_cv_message(e)}") from None

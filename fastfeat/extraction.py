@@ -1,6 +1,6 @@
 """Orchestration of one extraction run: catalog -> loader -> model -> store, with a report.
 
-Loading runs ahead in tf.data (prefetch), inference runs batch by batch through one compiled
+Loading runs ahead on the loader's worker threads, inference runs batch by batch through one compiled
 call (never ``Model.predict``, which keeps every output in memory), and a writer thread appends
 each batch to the store while the next one is computed.
 """
@@ -319,7 +319,9 @@ def extract(
     options.size = size
     shapes = {k: tuple(int(d) for d in extractor.output[k].shape[1:]) for k in keys}
     if batch_size_auto:
-        batch_size = choose_batch_size(extractor, runtime.device, build_precision, images=len(catalog))
+        loader_threads = runtime.threads.loader
+        batch_size = choose_batch_size(extractor, runtime.device, build_precision, images=len(catalog),
+                                       input_batches=(loader_threads + max(2, loader_threads)) * (1 + augment_copies))  # fmt: skip
     batch_size = int(batch_size)
     if precision == "auto":
         infer, build = None, extractor_builder(base, cuts, safe_mode=not unsafe_model)
@@ -626,6 +628,7 @@ def _run(loader, positions, batch_size, infer, writer, report, on_error, progres
         interrupted = True
         raise
     finally:
+        iterator = None  # stops the loader's workers now (not when a traceback lets go of this frame)
         bar.close()
         _finish_writer(sink, interrupted)
     elapsed = time.perf_counter() - steady_start if steady_start is not None else 0.0

@@ -146,7 +146,10 @@ class Loader:
             images = np.empty((n, h, w, 3), np.uint8)
         ok = np.empty(n, bool)
         for i, position in enumerate(positions):
-            ok[i] = self.load(position, out=images[i])[1]
+            slot = images[i]
+            image, ok[i] = self.load(position, out=slot)
+            if not np.may_share_memory(image, slot):  # never expected; a reused slot must not keep an old image
+                slot[...] = image
         return images, ok
 
     def load_batch(self, positions: np.ndarray):
@@ -171,9 +174,11 @@ class Loader:
         n = len(positions)
         parts = 1 + len(self.copies)
         rows = empty_aligned((parts * n, *images.shape[1:]), np.float32)
-        self.normalize(images, positions, out=rows[:n])
-        for k, copy in enumerate(self.copies, start=1):
-            copy(images, positions, out=rows[k * n : (k + 1) * n])
+        for k, fn in enumerate([self.normalize, *self.copies]):
+            part = rows[k * n : (k + 1) * n]
+            result = fn(images, positions, out=part)
+            if not np.may_share_memory(result, part):  # a transform that returned a new array
+                part[...] = result
         copy_ids = np.repeat(np.arange(parts, dtype=np.int32), n)
         return rows, np.tile(positions, parts), copy_ids
 
@@ -251,9 +256,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (mal
 def keep_large_allocations() -> bool:
     """Let glibc serve allocations up to 32 MB from its heaps again; True if it was changed.
 
-    TensorFlow's ``Dataset.from_generator`` on Python 3.11 fixes glibc's ``M_MMAP_THRESHOLD``
-    at 128 KB, process-wide (``ApplyPython311MemoryPatch``, against heap growth in TF's own
-    leak reports). Every decoded photo (500x375 RGB is 0.56 MB) and every batch buffer is then a
+    TensorFlow's ``Dataset.from_generator`` on Python 3.11 calls ``mallopt(M_MMAP_THRESHOLD,
+    128 KB)`` when its op is built (``ApplyPython311MemoryPatch``, seen in a debugger; against heap
+    growth in TF's own leak reports), which also freezes glibc's dynamic threshold, process-wide. Every decoded photo (500x375 RGB is 0.56 MB) and every batch buffer is then a
     fresh ``mmap`` whose pages fault in and are unmapped again: measured on this project's 2-core
     VM, 1.5 ms of kernel time per image, which more than halved the loader's throughput and that
     of any OpenCV decoding in the process. glibc's own default moves the threshold up to the size
@@ -274,13 +279,12 @@ def keep_large_allocations() -> bool:
 
 
 def pipeline_options(ds):
-    """``ds`` with tf.data's autotuner off.
+    """``ds`` with tf.data's autotuner off (the extract pipeline: nothing is chained after it).
 
-    The pipeline's parallelism and buffers are fixed by us, so the autotuner has nothing to tune;
-    its background thread would still cost CPU during the run and, worse, takes 0.2-0.3 s to
-    stop whenever an iterator is deleted: once per epoch for ``model.fit`` (measured: 480-image
-    epochs ran at ~760 img/s against ~1,300 with autotuning off, the difference spent in iterator
-    teardown).
+    Parallelism and run-ahead are fixed by :func:`ordered_map`, so the autotuner has nothing to
+    tune. (Over a ``tf.data`` parallel map, as this loader had before, its thread took 0.2-0.3 s to
+    stop at every iterator deletion; over ``from_generator`` that cost is gone, so
+    :func:`fastfeat.image_dataset` keeps tf.data's defaults for the ops users chain after it.)
     """
     import tensorflow as tf
 

@@ -349,6 +349,7 @@ def choose_batch_size(
     images: int | None = None,
     memory_bytes: int | None = None,
     queued_batches: int = 4,
+    input_batches: int = 2,
 ) -> int:
     """The batch size for throughput within memory: a power of two up to :data:`MAX_AUTO_BATCH`.
 
@@ -365,6 +366,8 @@ def choose_batch_size(
         images: images in the run; the batch never exceeds it.
         memory_bytes: free memory to plan for (default: :func:`available_memory`).
         queued_batches: output batches alive at once (writer queue, the one being written, the new one).
+        input_batches: float32 input batches alive at once (the loader's workers and the batches
+            they run ahead, times 1 + augmented copies; see :meth:`fastfeat.loader.Loader.dataset`).
     """
     from .precision import check_precision
 
@@ -375,7 +378,7 @@ def choose_batch_size(
     per_image = activation_bytes_per_image(model, compute_bytes)
     outputs = model.outputs if isinstance(model.outputs, (list, tuple)) else [model.outputs]
     per_image += sum(_elements(o.shape) * 4 for o in outputs) * queued_batches
-    per_image += _elements(model.inputs[0].shape) * 4 * 2  # the input batch and its prefetched successor
+    per_image += _elements(model.inputs[0].shape) * 4 * input_batches
     if memory_bytes is None:
         memory_bytes = available_memory(device if isinstance(device, DeviceInfo) else None)
     budget = memory_bytes * AUTO_BATCH_MEMORY_FRACTION

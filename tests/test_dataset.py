@@ -183,3 +183,23 @@ def test_decode_settings_are_passed_through(tmp_path):
         batches = list(ds)
     assert sum(int(x.shape[0]) for x, _ in batches) == 1
     assert "too large" in next(iter(ds.unreadable.values()))
+
+
+def test_unlabeled_rows_of_a_file_list_get_no_class(folder, tmp_path):
+    """A .csv whose rows partly lack a label: -1 stays -1 (int), and is all zeros when categorical
+    (not a one-hot of the last class)."""
+    listing = tmp_path / "list.csv"
+    rows = [f"{folder}/cat/img_0.png,cat", f"{folder}/fox/img_1.png,", f"{folder}/fox/img_2.png,fox"]
+    listing.write_text("path,label\n" + "\n".join(rows) + "\n")
+    kwargs = dict(image_size=(8, 8), batch_size=3, preprocess=None, shuffle=False)
+    _, y_int = collect(image_dataset(listing, **kwargs))
+    np.testing.assert_array_equal(y_int, [0, -1, 1])
+    _, y_cat = collect(image_dataset(listing, label_mode="categorical", **kwargs))
+    np.testing.assert_array_equal(y_cat, [[1, 0], [0, 0], [0, 1]])
+    assert y_cat.dtype == np.float32
+
+
+def test_dataset_keeps_tf_data_defaults_for_chained_ops(folder):
+    ds = image_dataset(folder, image_size=(8, 8), batch_size=4, seed=0)
+    assert ds.options().autotune.enabled is not False  # users may chain .map(num_parallel_calls=AUTOTUNE)
+    assert int(ds.cardinality()) == -(-len(ds.file_paths) // 4)

@@ -254,3 +254,7 @@ def test_choose_batch_size_fits_memory(tiny_model_file):
     assert R.choose_batch_size(model, "cpu", memory_bytes=per_image * 40) in (2, 4, 8)
     assert R.choose_batch_size(model, "cpu", memory_bytes=1) == 1
     assert R.choose_batch_size(model, "cpu") >= 1  # this machine's real free memory
+    # more input batches alive (loader workers and run-ahead, augmented copies) -> never a larger batch
+    budget = per_image * 200
+    sizes = [R.choose_batch_size(model, "cpu", memory_bytes=budget, input_batches=k) for k in (2, 8, 64)]
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0]
