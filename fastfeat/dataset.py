@@ -28,7 +28,7 @@ import numpy as np
 from .augment import Augment
 from .catalog import IMAGE_EXTENSIONS, Catalog, build_catalog
 from .decode import DEFAULT_MAX_PIXELS
-from .loader import DecodeOptions, Loader, keep_large_allocations, ordered_map, pipeline_options, pipeline_threads
+from .loader import DecodeOptions, Loader, pipeline_threads, worker_dataset
 from .preprocess import MODES, Normalization, get_normalization
 
 LABEL_MODES = ("int", "categorical", "binary", None)
@@ -245,17 +245,14 @@ def _build(positions, catalog: Catalog, options, norm, augment, batch_size, shuf
         return x, y
 
     positions = np.asarray(positions, np.int64)
-    threads = pipeline_threads()
     epochs = itertools.count()
 
     def one_epoch():
         """A new order (if shuffling) and new augmentation streams each epoch, from ``seed``."""
-        keep_large_allocations()
         rng = np.random.default_rng([seed, next(epochs)])
         order = rng.permutation(positions) if shuffle else positions
         keys = rng.integers(0, 2**63 - 1, len(order), dtype=np.int64)  # per-image augmentation streams
-        batches = [(order[i : i + batch_size], keys[i : i + batch_size]) for i in range(0, len(order), batch_size)]
-        return ordered_map(load_batch, batches, threads, max(2, threads))
+        return [(order[i : i + batch_size], keys[i : i + batch_size]) for i in range(0, len(order), batch_size)]
 
     x_spec = tf.TensorSpec((None, h, w, 3), tf.float32)
     y_spec = {
@@ -263,9 +260,8 @@ def _build(positions, catalog: Catalog, options, norm, augment, batch_size, shuf
         "categorical": tf.TensorSpec((None, num_classes), tf.float32),
         "binary": tf.TensorSpec((None, 1), tf.float32),
     }.get(label_mode)
-    ds = tf.data.Dataset.from_generator(one_epoch, output_signature=x_spec if y_spec is None else (x_spec, y_spec))
-    ds = ds.apply(tf.data.experimental.assert_cardinality(-(-len(positions) // batch_size)))  # progress bars
-    ds = pipeline_options(ds)  # autotuning capped this dataset at ~760 img/s (see pipeline_options)
+    signature = x_spec if y_spec is None else (x_spec, y_spec)
+    ds = worker_dataset(one_epoch, load_batch, signature, -(-len(positions) // batch_size), pipeline_threads())
     ds.class_names = list(catalog.class_names)
     ds.file_paths = [catalog.abspath(int(p)) for p in positions]
     ds.unreadable = unreadable

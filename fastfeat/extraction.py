@@ -20,7 +20,7 @@ import numpy as np
 from ._version import __version__
 from .catalog import build_catalog
 from .decode import DEFAULT_MAX_PIXELS, DecodeError
-from .loader import DecodeOptions, Loader
+from .loader import DecodeOptions, Loader, default_ahead
 from .models import feature_key, get_spec, is_model_file, normalize_size, parse_layer
 from .precision import PRECISIONS, check_precision
 from .preprocess import MODES, get_normalization
@@ -321,7 +321,7 @@ def extract(
     if batch_size_auto:
         loader_threads = runtime.threads.loader
         batch_size = choose_batch_size(extractor, runtime.device, build_precision, images=len(catalog),
-                                       input_batches=(loader_threads + max(2, loader_threads)) * (1 + augment_copies))  # fmt: skip
+                                       input_batches=(loader_threads + default_ahead(loader_threads)) * (1 + augment_copies))  # fmt: skip
     batch_size = int(batch_size)
     if precision == "auto":
         infer, build = None, extractor_builder(base, cuts, safe_mode=not unsafe_model)

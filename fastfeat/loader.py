@@ -145,11 +145,8 @@ class Loader:
         else:
             images = np.empty((n, h, w, 3), np.uint8)
         ok = np.empty(n, bool)
-        for i, position in enumerate(positions):
-            slot = images[i]
-            image, ok[i] = self.load(position, out=slot)
-            if not np.may_share_memory(image, slot):  # never expected; a reused slot must not keep an old image
-                slot[...] = image
+        for i, position in enumerate(positions):  # load(out=) always fills the slot (zeros on failure)
+            ok[i] = self.load(position, out=images[i])[1]
         return images, ok
 
     def load_batch(self, positions: np.ndarray):
@@ -197,21 +194,43 @@ class Loader:
         h, w = self.options.size
         positions = np.asarray(positions, dtype=np.int64)
         threads = pipeline_threads(threads)
-        ahead = max(2, threads) if prefetch is None else int(prefetch)
         batches = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
-
-        def one_pass():
-            keep_large_allocations()
-            return ordered_map(self.load_batch, batches, threads, ahead)
-
         signature = (
             tf.TensorSpec((None, h, w, 3), tf.float32),
             tf.TensorSpec((None,), tf.int64),
             tf.TensorSpec((None,), tf.bool),
             tf.TensorSpec((None,), tf.int32),
         )
-        ds = tf.data.Dataset.from_generator(one_pass, output_signature=signature)
-        return pipeline_options(ds.apply(tf.data.experimental.assert_cardinality(len(batches))))
+        return worker_dataset(lambda: batches, self.load_batch, signature, len(batches), threads, prefetch)
+
+
+def default_ahead(threads: int) -> int:
+    """Finished batches a pipeline may hold ahead of its consumer by default: as many as it has
+    worker threads, at least 2 (so ``threads + default_ahead(threads)`` batches can be alive)."""
+    return max(2, threads)
+
+
+def worker_dataset(items: Callable[[], Iterable], fn: Callable, signature, length: int, threads: int,
+                   ahead: int | None = None):  # fmt: skip
+    """A ``tf.data.Dataset`` whose every iteration is one pass: ``fn(item)`` for each of
+    ``items()``, in order, on ``threads`` worker threads (:func:`ordered_map`; ``ahead`` defaults
+    to :func:`default_ahead`).
+
+    ``signature`` is the ``output_signature`` of ``fn``'s results and ``length`` the number of
+    items per pass (the dataset's cardinality, for progress bars). Each pass first restores
+    glibc's large-block reuse (:func:`keep_large_allocations`); the autotuner is off
+    (:func:`pipeline_options`). The extract loader and :func:`fastfeat.image_dataset` both run on it.
+    """
+    import tensorflow as tf
+
+    ahead = default_ahead(threads) if ahead is None else int(ahead)
+
+    def one_pass():
+        keep_large_allocations()
+        return ordered_map(fn, items(), threads, ahead)
+
+    ds = tf.data.Dataset.from_generator(one_pass, output_signature=signature)
+    return pipeline_options(ds.apply(tf.data.experimental.assert_cardinality(length)))
 
 
 def ordered_map(fn: Callable, items: Iterable, threads: int, ahead: int = 2) -> Iterator:

