@@ -10,12 +10,10 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .reader import FeatureStore
+from .rows import RowSource, select_rows
 
 
 def _check_batch(batch_size) -> int:
@@ -31,33 +29,6 @@ def epoch_batches(n: int, batch_size: int, shuffle: bool, seed: int, epoch: int,
     return [np.sort(order[i : i + batch_size]) for i in range(0, stop, batch_size)]
 
 
-def select_rows(store: FeatureStore, copies=None, rows=None) -> np.ndarray | None:
-    """Sorted row positions chosen by ``copies`` and ``rows`` (``None``: every row).
-
-    ``copies``: ``None`` (every row), ``0`` (the images themselves, no augmented copies), an int
-    ``k`` or a list of copy ids. ``rows``: explicit row positions (e.g. from
-    :meth:`FeatureStore.split`); both together take the rows of ``rows`` whose copy is chosen.
-    """
-    if copies is None and rows is None:
-        return None
-    chosen = np.arange(len(store), dtype=np.int64) if rows is None else np.unique(np.asarray(rows, np.int64))
-    if chosen.size and (chosen[0] < 0 or chosen[-1] >= len(store)):
-        raise IndexError(f"`rows` must lie in [0, {len(store)}). Received: rows from {chosen[0]} to {chosen[-1]}")
-    if copies is not None:
-        chosen = chosen[np.isin(np.asarray(store.copies)[chosen], _copy_ids(copies))]
-    return chosen
-
-
-def _copy_ids(copies) -> np.ndarray:
-    ids = np.atleast_1d(np.asarray(copies))
-    if ids.dtype.kind not in "iu" or ids.ndim != 1 or (ids.size and ids.min() < 0):
-        raise ValueError(
-            f"`copies` must be None, 0 (no augmented copies), a copy id or a list of copy ids >= 0. "
-            f"Received: copies={copies!r}"
-        )
-    return ids.astype(np.int64)
-
-
 def _subset(store, layer, flatten, copies, rows):
     """(features view, labels) of the chosen rows; the view reads nothing until indexed."""
     from .views import RowSubset
@@ -71,7 +42,7 @@ def _subset(store, layer, flatten, copies, rows):
 
 
 def arrays(
-    store: FeatureStore,
+    store: RowSource,
     layer: str | None = None,
     flatten: bool = True,
     load: bool = False,
@@ -136,7 +107,7 @@ class _Reader(threading.Thread):
 
 
 def iterate_batches(
-    store: FeatureStore,
+    store: RowSource,
     layer: str | None = None,
     batch_size: int = 64,
     shuffle: bool = True,
@@ -174,7 +145,7 @@ def iterate_batches(
 
 
 def to_dataset(
-    store: FeatureStore,
+    store: RowSource,
     layer: str | None = None,
     batch_size: int = 64,
     shuffle: bool = True,
@@ -223,7 +194,7 @@ def to_dataset(
 
 
 def to_pydataset(
-    store: FeatureStore,
+    store: RowSource,
     layer: str | None = None,
     batch_size: int = 64,
     shuffle: bool = True,

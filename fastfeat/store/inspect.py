@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .views import chunk_table
 
-if TYPE_CHECKING:
-    from .reader import FeatureStore
+# Functions here take an open ``FeatureStore``; this module is below the reader (which calls it
+# lazily for ``FeatureStore.info``), so it never imports it, not even for type hints.
 
 
-def _layer_info(store: FeatureStore, key: str) -> dict:
+def _layer_info(store, key: str) -> dict:
     ds = store.dataset(key)
     row_bytes = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
     if ds.chunks is not None:
@@ -36,8 +35,9 @@ def _layer_info(store: FeatureStore, key: str) -> dict:
     }
 
 
-def store_info(store: FeatureStore) -> dict:
-    """Layers, shapes, dtypes, counts per class, model, precision, size, compression, state."""
+def store_info(store) -> dict:
+    """Layers, shapes, dtypes, counts per class, model, precision, size, compression, state, of
+    an open :class:`~fastfeat.store.FeatureStore`."""
     meta = store.meta
     labels = np.asarray(store.labels)
     names = store.class_names

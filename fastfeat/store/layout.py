@@ -11,11 +11,14 @@
     /features/<key>         (capacity, ...) float32|float16, chunked along the sample axis only
                             <key> is the layer name, with ":avg"/":max" when pooled
     /labels                 (capacity,) int64, -1 where unlabeled
-    /index                  (capacity,) int64, the row's position in the catalog
+    /index                  (capacity,) int64, the row's image identity: its source image's
+                            position in the store's catalog (merged stores: in the concatenation
+                            of the inputs' distinct catalogs, see fastfeat.store.merge); all rows
+                            of one image (its augmented copies) share it
     /copy                   (capacity,) int32, 0 for the image itself, k >= 1 for augmented copy k
     /paths/ends, /paths/bytes          row i's path (os.fsencode) is bytes[ends[i-1]:ends[i]]
     /class_names            (C,) bytes, os.fsencode of each class (folder) name
-    /failures/index         (capacity,) int64, catalog position of each file that could not be read
+    /failures/index         (capacity,) int64, the identity (as /index) of each file that could not be read
     /failures/paths/ends|bytes, /failures/reasons/ends|bytes   as for /paths (reasons in UTF-8)
 
 Crash safety: every dataset is created at its full size, with its space allocated at creation
@@ -25,6 +28,10 @@ exists: the HDF5 metadata never changes while a run writes, so killing the write
 leaves a file that opens. ``/state`` is written last, after the rows it publishes are flushed:
 rows ``[0, state[ROWS])`` are complete, rows past it are garbage and are overwritten on resume.
 Datasets are never trimmed; readers use ``state``, not the dataset length.
+
+Stores merged by an earlier fastfeat kept each input's own positions in ``/index`` (their meta
+has ``merged_rows`` but no ``merged_index_base``); the reader rebases those per input, so they
+read with one identity per source image too.
 
 Compressed features cannot be preallocated (a chunk's size is known once it is compressed), so
 their chunks are written whole, once each, and never rewritten: HDF5 then never frees space it

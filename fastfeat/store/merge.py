@@ -1,4 +1,12 @@
-"""Merging stores written from the same model and layers (e.g. one store per shard or folder)."""
+"""Merging stores written from the same model and layers (e.g. one store per shard or folder).
+
+Image identity (``/index``) survives a merge: inputs that share a catalog (the same non-empty
+``catalog_sha256``: shards of one run, or the same folder run twice) keep their positions, so
+their rows name the same images; every other input's positions (rows and failures) are shifted
+past those of the catalogs before it. The merged store's ``index`` is then the position in the
+concatenation of its inputs' distinct catalogs; ``meta["merged_index_base"]`` records each
+input's shift.
+"""
 
 from __future__ import annotations
 
@@ -90,20 +98,41 @@ def merge_stores(
             s.close()
 
 
+def index_bases(stores) -> tuple[list[int], int]:
+    """Each input's shift of ``index`` and the size of the merged catalog (see the module doc)."""
+    bases, seen, size = [], {}, 0
+    for store in stores:
+        sha = store.meta.get("catalog_sha256")
+        if sha and sha in seen:
+            bases.append(seen[sha][0])
+            continue
+        top = max([int(np.max(a)) + 1 for a in (store.index, store.failure_index) if len(a)], default=0)
+        span = max(top, int(store.meta.get("catalog_size") or 0))
+        if sha:
+            seen[sha] = (size, span)
+        bases.append(size)
+        size += span
+    return bases, size
+
+
 def _write(stores, output, overwrite, compression) -> dict:
     first = stores[0]
     names, maps = merge_class_names([s.class_names for s in stores])
     total = sum(s.rows for s in stores)
+    bases, catalog_size = index_bases(stores)
+    shas = {s.meta.get("catalog_sha256") for s in stores}
     if compression == "same":
         compression = first.compression(first.layers[0])
     features = {k: (tuple(first.dataset(k).shape[1:]), str(first.dataset(k).dtype)) for k in first.layers}
     meta = dict(first.meta)
     meta.update(
         class_names=names,
-        catalog_size=total,
-        source=None,
+        catalog_size=catalog_size,
+        catalog_sha256=first.meta.get("catalog_sha256") if len(shas) == 1 else None,
+        source=first.meta.get("source") if len(shas) == 1 and None not in shas else None,
         merged_from=[os.path.abspath(s.path) for s in stores],
         merged_rows=[s.rows for s in stores],
+        merged_index_base=bases,
     )
     row_bytes = sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize for shape, dt in features.values())
     block = max(1, BLOCK_BYTES // max(row_bytes, 1))
@@ -113,10 +142,10 @@ def _write(stores, output, overwrite, compression) -> dict:
     )  # fmt: skip
     complete = False
     try:
-        for store, mapping in zip(stores, maps):
+        for store, mapping, base in zip(stores, maps, bases):
             labels = np.asarray(store.labels)
             labels = np.where(labels >= 0, mapping[np.clip(labels, 0, None)] if len(mapping) else -1, -1)
-            paths, index, copies = store.paths, np.asarray(store.index), np.asarray(store.copies)
+            paths, index, copies = store.paths, np.asarray(store.index) + base, np.asarray(store.copies)
             views = {k: store.features(k) for k in store.layers}
             for a in range(0, store.rows, block):
                 b = min(a + block, store.rows)
@@ -124,7 +153,7 @@ def _write(stores, output, overwrite, compression) -> dict:
                 writer.commit()
             failures = store.failures
             writer.add_failures(
-                [int(i) for i in store.failure_index], [p for p, _ in failures], [r for _, r in failures]
+                [int(i) + base for i in store.failure_index], [p for p, _ in failures], [r for _, r in failures]
             )
             writer.commit()
         complete = True

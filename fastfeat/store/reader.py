@@ -19,6 +19,7 @@ import numpy as np
 
 from . import layout
 from .recovery import read_meta
+from .rows import rebase_parts, select_rows, split_rows
 from .views import map_features
 
 
@@ -177,8 +178,14 @@ class FeatureStore:
 
     @property
     def index(self) -> np.ndarray:
-        """(N,) int64 catalog position of each row."""
-        return self._file[layout.INDEX][: self.rows]
+        """(N,) int64 image identity of each row: its source image's position in the store's
+        catalog (for a merged store, in the concatenation of its inputs' catalogs; see
+        :mod:`fastfeat.store.rows`). The augmented copies of an image share it."""
+        index = self._file[layout.INDEX][: self.rows]
+        merged = self.meta.get("merged_rows")
+        if merged and "merged_index_base" not in self.meta:  # merged by an earlier fastfeat: local positions
+            return rebase_parts(index, merged)
+        return index
 
     @property
     def copies(self) -> np.ndarray:
@@ -214,38 +221,30 @@ class FeatureStore:
         """Feature values that overflowed float16 when written (stored as inf)."""
         return int(self._state[layout.S_OVERFLOW])
 
-    def rows_of(self, copies=None) -> np.ndarray:
-        """Sorted row positions whose copy id is chosen: ``copies=None`` every row, ``0`` the
-        images themselves (no augmented copies), or a copy id / list of copy ids."""
-        from .adapters import select_rows
-
-        chosen = select_rows(self, copies)
+    def rows_of(self, copies=None, images=None) -> np.ndarray:
+        """Sorted row positions whose copy id and image are chosen: ``copies=None`` every row,
+        ``0`` the images themselves (no augmented copies), or a copy id / list of copy ids;
+        ``images``: image identities (:attr:`index` values), every row of those images."""
+        chosen = select_rows(self, copies, images=images)
         return np.arange(self.rows, dtype=np.int64) if chosen is None else chosen
 
-    def split(self, fraction: float = 0.2, seed: int | None = 0, copies=None, val_copies=0):
+    def split(self, fraction: float = 0.2, seed: int | None = 0, copies=None, val_copies=0, stratify: bool = True):
         """(train rows, validation rows) split by image, so no image (or augmented copy of one)
         is on both sides.
 
         Args:
-            fraction: share of the images (catalog positions, not rows) held out.
+            fraction: share of the images (identities in :attr:`index`, not rows) held out.
             seed: the random choice of held-out images (``None``: a new one each call).
             copies: which copies of the training images to keep (``None``: all).
             val_copies: which copies of the held-out images to keep (``0``: only the images).
+            stratify: hold out the same share of every class (the unlabeled images count as
+                one more), as scikit-learn's ``stratify=y``; ``False``: draw over all images.
 
         Returns:
             Two sorted int64 arrays of row positions, for ``rows=`` of :meth:`arrays`,
             :meth:`to_dataset` and :meth:`to_pydataset`.
         """
-        if not 0.0 <= float(fraction) <= 1.0:
-            raise ValueError(f"`fraction` must be in [0, 1]. Received: fraction={fraction!r}")
-        index = np.asarray(self.index)
-        images = np.unique(index)
-        held = np.random.default_rng(seed).permutation(images)[: int(round(len(images) * float(fraction)))]
-        is_val = np.isin(index, held)
-        train, val = np.flatnonzero(~is_val), np.flatnonzero(is_val)
-        train = np.intersect1d(train, self.rows_of(copies)) if copies is not None else train
-        val = np.intersect1d(val, self.rows_of(val_copies)) if val_copies is not None else val
-        return train.astype(np.int64), val.astype(np.int64)
+        return split_rows(self, fraction, seed, copies=copies, val_copies=val_copies, stratify=stratify)
 
     # -- adapters (see fastfeat.store.adapters) ----------------------------------------------
     def arrays(self, layer: str | None = None, flatten: bool = True, load: bool = False, copies=None, rows=None):
