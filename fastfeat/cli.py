@@ -12,14 +12,9 @@ import os
 import sys
 
 from ._version import __version__
-from .decode import DecodeError
 
 #: Subcommand modules under fastfeat.commands, in help order.
 COMMANDS = ("extract", "models", "layers", "info", "merge", "bench")
-
-
-class UsageError(Exception):
-    """A problem with what the user asked for: printed without a traceback, exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +92,13 @@ def _graceful_stop():
     return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
+def _is_decode_error(e: BaseException) -> bool:
+    """Whether ``e`` is a :class:`fastfeat.decode.DecodeError` (``--on-error raise``); the decoder
+    is imported only if it was loaded already, so ``fastfeat --help`` never loads it."""
+    decode = sys.modules.get("fastfeat.decode")
+    return decode is not None and isinstance(e, decode.DecodeError)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
@@ -110,16 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nfastfeat: interrupted; an unfinished store can be completed with --resume", file=sys.stderr)
         return 130
-    except (UsageError, ValueError, FileNotFoundError, FileExistsError, PermissionError, RuntimeError) as e:
-        print(f"fastfeat: error: {e}", file=sys.stderr)
-        return 2
-    except DecodeError as e:  # --on-error raise
-        print(f"fastfeat: error: cannot read {e}. The store is incomplete: fix or remove the file, "
-              "then run again with --resume (or use --on-error skip).", file=sys.stderr)  # fmt: skip
-        return 1
-    except OSError as e:
-        print(f"fastfeat: error: {e}", file=sys.stderr)
-        return 1
+    except Exception as e:
+        if _is_decode_error(e):  # --on-error raise
+            print(f"fastfeat: error: cannot read {e}. The store is incomplete: fix or remove the file, "
+                  "then run again with --resume (or use --on-error skip).", file=sys.stderr)  # fmt: skip
+            return 1
+        if isinstance(e, (ValueError, FileNotFoundError, FileExistsError, PermissionError, RuntimeError)):
+            print(f"fastfeat: error: {e}", file=sys.stderr)
+            return 2
+        if isinstance(e, OSError):
+            print(f"fastfeat: error: {e}", file=sys.stderr)
+            return 1
+        raise
     finally:
         if previous:
             import signal

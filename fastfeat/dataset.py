@@ -29,34 +29,10 @@ from .augment import Augment
 from .catalog import IMAGE_EXTENSIONS, Catalog, build_catalog
 from .decode import DEFAULT_MAX_PIXELS
 from .loader import DecodeOptions, Loader, pipeline_threads, worker_dataset
-from .preprocess import MODES, Normalization, get_normalization
+from .preprocess import Normalization, resolve_preprocess  # noqa: F401 -- resolve_preprocess re-exported
 
 LABEL_MODES = ("int", "categorical", "binary", None)
 SUBSETS = ("training", "validation", "both")
-
-
-def resolve_preprocess(preprocess: str | Normalization | None) -> Normalization:
-    """The normalization for a model short name (``vgg19``), a mode (``caffe``), or ``None`` (raw 0..255).
-
-    Raises:
-        ValueError: if ``preprocess`` is neither a mode nor a registered model.
-    """
-    if preprocess is None:
-        return get_normalization("none")
-    if isinstance(preprocess, Normalization):
-        return preprocess
-    if str(preprocess).lower() in MODES:
-        return get_normalization(str(preprocess).lower())
-    from .models import get_spec  # lazy: the model registry is not needed for modes
-
-    try:
-        spec = get_spec(preprocess)
-    except ValueError:
-        raise ValueError(
-            f"`preprocess` must be a model name (see `fastfeat models`), one of {', '.join(MODES)}, or None. "
-            f"Received: preprocess={preprocess!r}"
-        ) from None
-    return get_normalization(spec.preprocess)
 
 
 def _check_args(image_size, batch_size, label_mode, validation_split, subset, shuffle, seed, augment):

@@ -10,8 +10,9 @@ float32, so its results are bit-identical to ``<family>.preprocess_input``:
 * ``none``: the raw 0..255 values (models that normalize inside their graph).
 
 The Numba kernel does not redo this arithmetic per pixel: since its input is uint8, it looks each
-value up in a (3, 256) float32 table computed here with the very same NumPy operations. This
-module never imports TensorFlow.
+value up in a (3, 256) float32 table computed here with the very same NumPy operations.
+:func:`resolve_preprocess` is the one place a ``preprocess=`` argument (mode, model name or
+``None``) becomes a :class:`Normalization`. This module never imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -118,3 +119,31 @@ def get_normalization(mode: str | Normalization) -> Normalization:
     if key not in _TABLE:
         raise ValueError(f"`preprocess` must be one of {', '.join(MODES)}. Received: preprocess={mode!r}")
     return _TABLE[key]
+
+
+def resolve_preprocess(preprocess: str | Normalization | None, default: str = "none") -> Normalization:
+    """The normalization for a mode (``caffe``), a model short name (``vgg19``: its
+    ``preprocess_input``), a :class:`Normalization`, or ``None`` (the mode ``default``).
+
+    ``fastfeat.extract`` passes the model's own mode as ``default``; ``image_dataset`` keeps
+    ``"none"`` (raw 0..255 values, as Keras gives them).
+
+    Raises:
+        ValueError: if ``preprocess`` is neither a mode nor a registered model.
+    """
+    if preprocess is None:
+        return get_normalization(default)
+    if isinstance(preprocess, Normalization):
+        return preprocess
+    if str(preprocess).lower() in MODES:
+        return get_normalization(str(preprocess).lower())
+    from .registry import get_spec
+
+    try:
+        spec = get_spec(preprocess)
+    except ValueError:
+        raise ValueError(
+            f"`preprocess` must be one of {', '.join(MODES)}, a model name (see `fastfeat models`; its "
+            f"normalization) or None. Received: preprocess={preprocess!r}"
+        ) from None
+    return get_normalization(spec.preprocess)
