@@ -13,6 +13,7 @@ __all__ = [
     "ExtractReport",
     "FeatureStore",
     "__version__",
+    "build_cache",
     "build_catalog",
     "extract",
     "image_dataset",
@@ -27,6 +28,7 @@ _LAZY = {
     "open_store": ("fastfeat.store", "open_store"),
     "FeatureStore": ("fastfeat.store", "FeatureStore"),
     "build_catalog": ("fastfeat.catalog", "build_catalog"),
+    "build_cache": ("fastfeat.cache", "build_cache"),
     "Catalog": ("fastfeat.catalog", "Catalog"),
 }
 

@@ -104,6 +104,7 @@ def image_dataset(
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
     reduced_decode: bool = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    cache: str | os.PathLike | None = None,
 ):
     """A ``tf.data.Dataset`` of ``(images, labels)`` batches for ``model.fit``, from a folder of images.
 
@@ -129,6 +130,10 @@ def image_dataset(
         reduced_decode: allow JPEG DCT-domain downscaling for images at least twice the target
             size (faster; never used with ``nearest``, which must match Keras' pixels).
         max_pixels: refuse images declaring more pixels than this (``None``: no limit).
+        cache: a decoded-image cache file (:func:`fastfeat.build_cache`) to read images from
+            instead of decoding them; built first if it does not exist. The batches are the same
+            as without it; a cache made with other decode settings, or older than its files, is
+            refused (:class:`fastfeat.cache.StaleCacheError` says what changed).
 
     Returns:
         The dataset (or a ``(training, validation)`` pair for ``subset="both"``), with attributes
@@ -167,6 +172,10 @@ def image_dataset(
     training, validation = split_positions(len(catalog), validation_split, shuffle, seed)
     build = dict(catalog=catalog, options=options, norm=norm, augment=augment, batch_size=int(batch_size),
                  shuffle=shuffle, seed=int(seed), label_mode=label_mode)  # fmt: skip
+    if cache is not None:  # lazy: the cache module is not needed without one
+        from .cache import ensure_cache
+
+        build["cache"] = ensure_cache(cache, catalog, options)
     if subset == "both":
         return _build(training, **build), _build(validation, **build)
     positions = validation if subset == "validation" else training
@@ -176,12 +185,12 @@ def image_dataset(
     return _build(positions, **build)
 
 
-def _build(positions, catalog: Catalog, options, norm, augment, batch_size, shuffle, seed, label_mode):
+def _build(positions, catalog: Catalog, options, norm, augment, batch_size, shuffle, seed, label_mode, cache=None):
     import tensorflow as tf
 
     h, w = options.size
     transform = augment.batch_transform(norm, seed=seed, copy=0) if augment is not None else None
-    loader = Loader(catalog, options, normalization=norm, transform=transform)
+    loader = Loader(catalog, options, normalization=norm, transform=transform, cache=cache)
     unreadable: dict[str, str] = {}
     lock = threading.Lock()
 

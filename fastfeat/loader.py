@@ -74,6 +74,8 @@ class Loader:
             into ``out`` when given (see :meth:`fastfeat.Augment.batch_transform`).
         copies: extra batch functions of the same form, each adding one (augmented) copy of
             every image after the plain rows.
+        cache: a :class:`fastfeat.cache.CachedRows` for ``catalog`` and ``options``: batches are
+            filled with its decoded rows instead of decoding (files changed since are decoded).
 
     Float32 batches are allocated 64-byte aligned (:func:`fastfeat.kernels.empty_aligned`) so that
     TensorFlow takes them from ``tf.numpy_function`` without a copy, and images are decoded
@@ -85,6 +87,7 @@ class Loader:
     normalization: Normalization | str = "none"
     transform: object = None
     copies: list = field(default_factory=list)
+    cache: object = None
     reasons: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _local: threading.local = field(default_factory=threading.local, repr=False)
@@ -144,6 +147,8 @@ class Loader:
             images = scratch[:n]
         else:
             images = np.empty((n, h, w, 3), np.uint8)
+        if self.cache is not None:
+            return images, self.cache.fill(positions, images, self.load)
         ok = np.empty(n, bool)
         for i, position in enumerate(positions):  # load(out=) always fills the slot (zeros on failure)
             ok[i] = self.load(position, out=images[i])[1]

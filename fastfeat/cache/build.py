@@ -1,0 +1,240 @@
+"""Building a decoded-image cache: :func:`build_cache` (``fastfeat cache``) and :func:`ensure_cache`
+(what ``image_dataset(cache=)`` and ``extract(cache=)`` call).
+
+Every readable file is decoded once with the loader's own rules (:meth:`fastfeat.loader.Loader.load`),
+batches in parallel on the loader's worker threads (:func:`fastfeat.loader.ordered_map`; no
+TensorFlow), and written in catalog order by the feature store's crash-safe writer
+(:class:`fastfeat.store.StoreWriter`): a killed build keeps its committed rows and resumes.
+Each file is stat'ed just before it is read; its fingerprint is stored with its row.
+
+An update (``update=True``) writes a new file beside the old one, copying the rows of unchanged
+files and decoding only changed and added ones, then renames it over the old one: readers that
+have the old file open keep reading the old rows, and an update that dies leaves the old cache.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..catalog import IMAGE_EXTENSIONS, Catalog, build_catalog
+from ..decode import DEFAULT_MAX_PIXELS
+from ..loader import DecodeOptions, Loader, default_ahead, keep_large_allocations, ordered_map, pipeline_threads
+from . import layout
+from .reader import CachedRows, ImageCache, StaleCacheError
+
+BATCH = 32
+
+
+@dataclass
+class CacheReport:
+    """What a build did: images decoded, rows reused from the previous cache, failures, speed."""
+
+    path: str
+    images: int = 0
+    reused: int = 0
+    failures: int = 0
+    seconds: float = 0.0
+    up_to_date: bool = False
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.images + self.reused) / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> str:
+        if self.up_to_date:
+            return f"{self.path}: up to date ({self.reused} images)"
+        reused = f", {self.reused} reused" if self.reused else ""
+        return (f"{self.path}: {self.images} images decoded{reused}, {self.failures} unreadable, "
+                f"{self.seconds:.1f} s ({self.images_per_second:,.0f} img/s)")  # fmt: skip
+
+
+def build_cache(
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    image_size: int | tuple[int, int] | str,
+    *,
+    interpolation: str = "bilinear",
+    exif: bool = False,
+    reduced_decode: bool = True,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    classes: list[str] | None = None,
+    follow_links: bool = False,
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+    overwrite: bool = False,
+    resume: bool = False,
+    update: bool = False,
+    threads: int | None = None,
+    progress: bool = False,
+) -> CacheReport:
+    """Decode every image under ``source`` once, at ``image_size``, into the cache file ``output``.
+
+    Args:
+        source: a folder of class subfolders, a flat folder or a ``.txt``/``.csv`` file list
+            (:func:`fastfeat.build_catalog`'s rules, with ``classes``, ``follow_links``, ``extensions``).
+        output: the cache file to write (an HDF5 feature store with a uint8 ``images`` layer).
+        image_size: int, (height, width), or ``"H,W"``/``"HxW"``.
+        interpolation, exif, reduced_decode, max_pixels: the decode settings, as for
+            :func:`fastfeat.image_dataset` and :func:`fastfeat.extract`; a cache serves only these.
+        overwrite: replace an existing ``output``.
+        resume: complete an interrupted build (same settings, same files).
+        update: bring an existing cache up to date: files changed, added or removed since it
+            was built are decoded again or dropped; the others are copied, not decoded.
+        threads: decoding threads (default: one per usable core).
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`CacheReport`.
+
+    Raises:
+        FileExistsError: ``output`` exists and none of ``overwrite``, ``resume``, ``update`` was given.
+        StaleCacheError: ``resume``/``update`` of a cache built with other decode settings.
+    """
+    from ..models import normalize_size  # no TensorFlow: the registry is plain data
+
+    if sum(bool(v) for v in (overwrite, resume, update)) > 1:
+        raise ValueError("`overwrite`, `resume` and `update` exclude each other. "
+                         f"Received: overwrite={overwrite!r}, resume={resume!r}, update={update!r}")  # fmt: skip
+    if isinstance(image_size, bool) or image_size is None:
+        raise ValueError(f"`image_size` must be an int or (height, width). Received: image_size={image_size!r}")
+    options = DecodeOptions(normalize_size(image_size), interpolation, exif, reduced_decode, max_pixels)
+    if threads is not None and (isinstance(threads, bool) or int(threads) < 1):
+        raise ValueError(f"`threads` must be a positive int or None. Received: threads={threads!r}")
+    output = os.fspath(output)
+    exists = os.path.exists(output)
+    if exists and not (overwrite or resume or update):
+        raise FileExistsError(f"{output!r} exists. Pass overwrite=True (--overwrite) to replace it, resume=True "
+                              "(--resume) to complete it, or update=True (--update) to bring it up to "
+                              "date.")  # fmt: skip
+    catalog = build_catalog(source, classes=classes, follow_links=follow_links, extensions=extensions)
+    mode = "create" if not exists else ("overwrite" if overwrite else ("resume" if resume else "update"))
+    return write_cache(catalog, options, output, mode, threads=threads, progress=progress)
+
+
+def ensure_cache(path: str | os.PathLike, catalog: Catalog, options: DecodeOptions,
+                 threads: int | None = None) -> CachedRows:  # fmt: skip
+    """The cache at ``path`` checked against ``catalog`` and ``options``: built first if ``path``
+    does not exist, completed first if its build was interrupted.
+
+    Raises:
+        StaleCacheError: the cache holds other decode settings or files changed since (the
+            message says what changed and how to update it).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        write_cache(catalog, options, path, "create")
+    else:
+        with ImageCache(path) as cache:
+            unfinished = not cache.complete
+        if unfinished:
+            write_cache(catalog, options, path, "resume")
+    return ImageCache(path).check(catalog, options)
+
+
+def _meta(catalog: Catalog, options: DecodeOptions) -> dict:
+    from .._version import __version__
+
+    return {"kind": layout.KIND, "cache_format": layout.CACHE_FORMAT, **layout.settings_of(options),
+            "source": catalog.root, "catalog_size": len(catalog), "catalog_sha256": layout.catalog_sha256(catalog),
+            "class_names": list(catalog.class_names), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "fastfeat": __version__}  # fmt: skip
+
+
+def write_cache(catalog: Catalog, options: DecodeOptions, output: str, mode: str, threads: int | None = None,
+                progress: bool = False, batch_size: int = BATCH) -> CacheReport:  # fmt: skip
+    """Write (``mode``: ``create``, ``overwrite``, ``resume`` or ``update``) the cache of ``catalog``."""
+    from tqdm.auto import tqdm
+
+    from ..store.lock import StoreLock
+    from ..store.writer import StoreWriter
+
+    t0 = time.perf_counter()
+    meta = _meta(catalog, options)
+    report = CacheReport(output)
+    previous, lock, target = None, None, output
+    if mode in ("resume", "update"):
+        with ImageCache(output) as old:
+            old.check_settings(options)
+            if mode == "resume" and old.meta.get("catalog_sha256") != meta["catalog_sha256"]:
+                raise StaleCacheError(f"Cannot resume {output!r}: files were added or removed since its build "
+                                      "stopped. Use update=True (--update) instead.")  # fmt: skip
+        if mode == "update":
+            lock = StoreLock(output)
+            lock.acquire()  # no resume or other update of the same cache meanwhile
+            previous = ImageCache(output)
+            try:
+                previous.check(catalog, options)
+                report.up_to_date, report.reused = True, previous.rows
+            except StaleCacheError:
+                pass
+            if report.up_to_date:
+                previous.close()
+                lock.release()
+                report.seconds = time.perf_counter() - t0
+                return report
+            target = output + ".updating"
+    loader = Loader(catalog, options)
+    row_of, old_prints = _previous_rows(previous, catalog)
+    reuse = CachedRows(previous, catalog, row_of) if previous is not None else None
+    h, w = options.size
+    abspaths = [catalog.abspath(i) for i in range(len(catalog))]
+
+    def work(batch: np.ndarray):
+        prints = layout.fingerprints([abspaths[p] for p in batch.tolist()])  # before any byte is read
+        if reuse is None:
+            images, ok = loader.decode_batch(batch)
+            return batch, prints, images, ok, 0
+        images = np.empty((len(batch), h, w, 3), np.uint8)
+        ok = reuse.fill(batch, images, loader.load)
+        reused = sum(old_prints.get(int(p)) == tuple(f) for p, f in zip(batch.tolist(), prints.tolist()))
+        return batch, prints, images, ok, reused
+
+    writer = StoreWriter(
+        target, {layout.IMAGES: ((h, w, 3), "uint8"), layout.FINGERPRINT: ((3,), "int64")}, capacity=len(catalog),
+        class_names=catalog.class_names, meta=meta, mode={"update": "overwrite"}.get(mode, mode),
+    )  # fmt: skip
+    try:
+        positions = np.arange(len(catalog), dtype=np.int64)
+        if mode == "resume":
+            positions = np.setdiff1d(positions, writer.processed_indices(), assume_unique=True)
+        threads = pipeline_threads(threads)
+        keep_large_allocations()
+        batches = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
+        with tqdm(total=len(positions), unit="img", disable=not progress, dynamic_ncols=True, desc="cache") as bar:
+            for batch, prints, images, ok, reused in ordered_map(work, batches, threads, default_ahead(threads)):
+                good, bad = batch[ok], batch[~ok]
+                writer.append({layout.IMAGES: images[ok], layout.FINGERPRINT: prints[ok]}, catalog.labels[good],
+                              [catalog.paths[p] for p in good.tolist()], good)  # fmt: skip
+                writer.add_failures(bad.tolist(), [catalog.paths[p] for p in bad.tolist()],
+                                    [loader.reasons.get(p, "unreadable") for p in bad.tolist()])  # fmt: skip
+                writer.commit()
+                report.images += len(good) - reused
+                report.reused += reused
+                report.failures += len(bad)
+                bar.update(len(batch))
+    except BaseException:
+        writer.close(complete=False)
+        if previous is not None:
+            previous.close()
+            lock.release()
+        raise
+    writer.close(complete=True)
+    if previous is not None:
+        previous.close()
+        os.replace(target, output)  # readers of the old file keep their (old, consistent) rows
+        lock.release()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _previous_rows(previous: ImageCache | None, catalog: Catalog):
+    """(row of each catalog position in ``previous`` or -1, {position: stored fingerprint})."""
+    if previous is None:
+        return None, {}
+    row_of = {p: i for i, p in enumerate(previous.paths)}
+    rows = np.asarray([row_of.get(p, -1) for p in catalog.paths], np.int64)
+    prints = previous.fingerprints.tolist()
+    return rows, {i: tuple(prints[r]) for i, r in enumerate(rows.tolist()) if r >= 0}
