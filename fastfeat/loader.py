@@ -25,15 +25,13 @@ same images in turn, with a ``copy`` id per row (0 = plain, k = ``copies[k - 1]`
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import ctypes
-import itertools
 import os
 import platform
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +41,7 @@ from .catalog import Catalog
 from .kernels import empty_aligned, normalize_batch
 from .preprocess import Normalization, get_normalization
 from .runtime import usable_cores
+from .workers import ordered_map
 
 
 @dataclass
@@ -232,46 +231,44 @@ def worker_dataset(items: Callable[[], Iterable], fn: Callable, signature, lengt
 
     def one_pass():
         keep_large_allocations()
-        return ordered_map(fn, items(), threads, ahead)
+        with opencv_single_threaded():
+            yield from ordered_map(fn, items(), threads, ahead)
 
     ds = tf.data.Dataset.from_generator(one_pass, output_signature=signature)
     return pipeline_options(ds.apply(tf.data.experimental.assert_cardinality(length)))
 
 
-def ordered_map(fn: Callable, items: Iterable, threads: int, ahead: int = 2) -> Iterator:
-    """``fn(item)`` for every item, in order, computed by ``threads`` worker threads at once.
-
-    At most ``threads + ahead`` results are in flight or waiting, and the next item is submitted
-    as soon as a result is taken, so the workers run while the consumer works. An exception from
-    ``fn`` is raised when its result is reached. Closing the generator early (the consumer
-    stops) cancels the waiting items and waits only for the running ones.
-    """
-    if threads < 1 or ahead < 0:
-        raise ValueError(f"`threads` must be >= 1 and `ahead` >= 0. Received: threads={threads}, ahead={ahead}")
-    items = iter(items)
-    with ThreadPoolExecutor(threads, thread_name_prefix="fastfeat-loader") as pool:
-        pending = collections.deque(pool.submit(fn, item) for item in itertools.islice(items, threads + ahead))
-        try:
-            while pending:
-                result = pending.popleft().result()
-                for item in itertools.islice(items, 1):
-                    pending.append(pool.submit(fn, item))
-                yield result
-        finally:
-            for future in pending:
-                future.cancel()
-
-
 def pipeline_threads(threads: int | None = None) -> int:
-    """Worker threads for a batch-parallel pipeline (default: one per usable core).
+    """Worker threads for a batch-parallel pipeline (default: one per usable core). Run the pass
+    inside :func:`opencv_single_threaded`."""
+    return usable_cores() if threads is None else int(threads)
 
-    Sets OpenCV's own pool to one thread (process-wide): the parallelism comes from whole
-    batches decoded at once, and nested pools only thrash.
+
+_OPENCV_LOCK = threading.Lock()
+_OPENCV_PASSES = {"running": 0, "previous": None}
+
+
+@contextlib.contextmanager
+def opencv_single_threaded():
+    """OpenCV's own pool at one thread while a pass runs, as it was again when the last running
+    pass ends (passes may overlap: the count is shared, process-wide as OpenCV's setting is).
+
+    The parallelism comes from whole batches decoded at once, and a nested pool only thrashes.
     """
     import cv2
 
-    cv2.setNumThreads(1)
-    return usable_cores() if threads is None else int(threads)
+    with _OPENCV_LOCK:
+        if _OPENCV_PASSES["running"] == 0:
+            _OPENCV_PASSES["previous"] = cv2.getNumThreads()
+            cv2.setNumThreads(1)
+        _OPENCV_PASSES["running"] += 1
+    try:
+        yield
+    finally:
+        with _OPENCV_LOCK:
+            _OPENCV_PASSES["running"] -= 1
+            if _OPENCV_PASSES["running"] == 0:
+                cv2.setNumThreads(_OPENCV_PASSES["previous"])
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)

@@ -8,11 +8,10 @@ imported inside the functions that need them, never by ``open_store``.
 from __future__ import annotations
 
 import itertools
-import queue
-import threading
 
 import numpy as np
 
+from ..workers import ordered_map
 from .rows import RowSource, select_rows
 
 
@@ -73,39 +72,6 @@ def arrays(
     return X, y
 
 
-class _Reader(threading.Thread):
-    """Reads the batches of one epoch ahead of the consumer, into a bounded queue."""
-
-    def __init__(self, features, labels, batches, depth: int):
-        super().__init__(name="fastfeat-batches", daemon=True)
-        self.features, self.labels, self.batches = features, labels, batches
-        self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
-        self.stopped = threading.Event()
-
-    def _put(self, item) -> bool:
-        while not self.stopped.is_set():
-            try:
-                self.queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run(self):
-        try:
-            for idx in self.batches:
-                x = np.ascontiguousarray(self.features[idx])
-                if not self._put((x, self.labels[idx])):
-                    return
-            self._put(None)
-        except BaseException as e:  # noqa: BLE001 -- handed to the consumer, which re-raises it
-            self._put(e)
-
-    def stop(self):
-        self.stopped.set()
-        self.join()
-
-
 def iterate_batches(
     store: RowSource,
     layer: str | None = None,
@@ -126,20 +92,12 @@ def iterate_batches(
     seed = int(np.random.SeedSequence().entropy % (2**63)) if seed is None else int(seed)
     epochs = itertools.count()
 
+    def read(idx):
+        return np.ascontiguousarray(features[idx]), labels[idx]
+
     def one_epoch():
         batches = epoch_batches(len(features), batch_size, shuffle, seed, next(epochs), drop_remainder)
-        reader = _Reader(features, labels, batches, prefetch)
-        reader.start()
-        try:
-            while True:
-                item = reader.queue.get()
-                if item is None:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            reader.stop()
+        yield from ordered_map(read, batches, threads=1, ahead=max(0, int(prefetch) - 1))
 
     return one_epoch, features, labels
 
