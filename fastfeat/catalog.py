@@ -29,6 +29,7 @@ them (surrogate escapes) and round-trip to the same bytes. This module never imp
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 from dataclasses import dataclass, field
 
@@ -68,6 +69,46 @@ class Catalog:
         """Number of items per class name."""
         bins = np.bincount(self.labels[self.labels >= 0], minlength=len(self.class_names))
         return {name: int(n) for name, n in zip(self.class_names, bins)}
+
+    def fingerprint(self) -> str:
+        """sha256 (hex) of the paths and labels, in order: the same files in the same order with
+        the same labels give the same fingerprint (a resume, a shard, a cache must see them)."""
+        digest = hashlib.sha256()
+        for path in self.paths:
+            digest.update(os.fsencode(path) + b"\0")
+        digest.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
+        return digest.hexdigest()
+
+    def part_bounds(self, parts: int) -> list[tuple[int, int]]:
+        """``[start, stop)`` of each of ``parts`` contiguous, deterministic ranges covering the
+        catalog in order (sizes differ by at most one, the larger ones first)."""
+        return part_bounds(len(self), parts)
+
+    def part(self, k: int, parts: int) -> Catalog:
+        """Part ``k`` of :meth:`part_bounds` as a catalog of its own (same root and classes;
+        positions in it start at 0, add ``part_bounds(parts)[k][0]`` for the whole's)."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < int(parts):
+            raise ValueError(f"`k` must be an int in [0, parts). Received: k={k!r}, parts={parts!r}")
+        start, stop = self.part_bounds(parts)[int(k)]
+        return self.subset(start, stop)
+
+    def subset(self, start: int, stop: int) -> Catalog:
+        """Items ``[start, stop)`` as a catalog (same root and class names)."""
+        if not 0 <= int(start) <= int(stop) <= len(self):
+            raise ValueError(f"`start`, `stop` must satisfy 0 <= start <= stop <= {len(self)}. "
+                             f"Received: start={start!r}, stop={stop!r}")  # fmt: skip
+        return Catalog(self.root, self.paths[start:stop], self.labels[start:stop].copy(), list(self.class_names))
+
+
+def part_bounds(size: int, parts: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of ``parts`` contiguous ranges covering ``range(size)`` in order, as
+    ``np.array_split`` cuts them (sizes differ by at most one, the larger ones first)."""
+    if isinstance(parts, bool) or not isinstance(parts, (int, np.integer)) or parts < 1:
+        raise ValueError(f"`parts` must be a positive int. Received: parts={parts!r}")
+    base, extra = divmod(int(size), int(parts))
+    stops = np.cumsum([base + (1 if k < extra else 0) for k in range(int(parts))])
+    starts = np.concatenate([[0], stops[:-1]])
+    return [(int(a), int(b)) for a, b in zip(starts, stops)]
 
 
 def _is_image(name: str, extensions: tuple[str, ...]) -> bool:

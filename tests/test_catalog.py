@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from _images import encode, flat_rgb, write
 
-from fastfeat.catalog import IMAGE_EXTENSIONS, build_catalog
+from fastfeat.catalog import IMAGE_EXTENSIONS, Catalog, build_catalog
 from fastfeat.decode import DecodeError, load_image
 
 PNG = encode(flat_rgb(4, 5, 1), "PNG")
@@ -274,3 +274,48 @@ def test_non_utf8_names_in_folders(tmp_path):
     for i in range(len(catalog)):
         assert load_image(catalog.abspath(i), (2, 2)).shape == (2, 2, 3)
     assert build_catalog(root).paths == catalog.paths  # a bytes source works too
+
+
+def test_fingerprint_is_of_paths_labels_and_order(class_tree):
+    import hashlib
+
+    from fastfeat.catalog import build_catalog
+
+    root, _ = class_tree
+    cat = build_catalog(root)
+    digest = hashlib.sha256()  # the recipe stores written before recorded as catalog_sha256
+    for p in cat.paths:
+        digest.update(os.fsencode(p) + b"\0")
+    digest.update(cat.labels.astype(np.int64).tobytes())
+    assert cat.fingerprint() == digest.hexdigest() == build_catalog(root).fingerprint()
+    swapped = Catalog(cat.root, cat.paths[::-1], cat.labels[::-1], cat.class_names)
+    relabeled = Catalog(cat.root, cat.paths, np.roll(cat.labels, 1), cat.class_names)
+    assert len({cat.fingerprint(), swapped.fingerprint(), relabeled.fingerprint()}) == 3
+
+
+@pytest.mark.parametrize("size, parts", [(9, 1), (9, 2), (9, 4), (9, 9), (3, 5), (0, 2)])
+def test_part_bounds_are_contiguous_and_cover_in_order(size, parts):
+    from fastfeat.catalog import part_bounds
+
+    bounds = part_bounds(size, parts)
+    assert len(bounds) == parts and bounds[0][0] == 0 and bounds[-1][1] == size
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    lengths = [b - a for a, b in bounds]
+    assert max(lengths) - min(lengths) <= 1 and lengths == sorted(lengths, reverse=True)
+    assert [len(x) for x in np.array_split(np.arange(size), parts)] == lengths
+
+
+def test_catalog_parts_are_catalogs_of_their_own(class_tree):
+    from fastfeat.catalog import build_catalog
+
+    root, expected = class_tree
+    cat = build_catalog(root)
+    parts = [cat.part(k, 4) for k in range(4)]
+    assert sum((p.paths for p in parts), []) == expected
+    assert np.array_equal(np.concatenate([p.labels for p in parts]), cat.labels)
+    assert all(p.root == cat.root and p.class_names == cat.class_names for p in parts)
+    assert len({p.fingerprint() for p in parts}) == 4 and parts[1].fingerprint() == cat.part(1, 4).fingerprint()
+    with pytest.raises(ValueError, match="Received: k=4, parts=4"):
+        cat.part(4, 4)
+    with pytest.raises(ValueError, match="Received: parts=0"):
+        cat.part_bounds(0)
