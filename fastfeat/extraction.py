@@ -50,6 +50,9 @@ class ExtractReport:
         seconds: wall-clock time of the whole run, model build included.
         images_per_second: steady-state throughput (after the first, warm-up batch).
         startup_seconds: catalog, model build and first batch.
+        startup: start-up stage by stage, seconds: ``catalog``, ``model_build`` (TensorFlow runtime
+            and the model), ``precision`` (deciding ``auto``), ``first_batch`` (waiting for the first
+            input batch, tracing and inferring it).
         shapes: feature key -> row shape.
         stages: seconds spent waiting for input, in inference and waiting for the writer.
     """
@@ -62,6 +65,7 @@ class ExtractReport:
     rows: int = 0
     steady: bool = True
     startup_seconds: float = 0.0
+    startup: dict = field(default_factory=dict)
     model: str = ""
     layers: list[str] = field(default_factory=list)
     shapes: dict = field(default_factory=dict)
@@ -88,11 +92,14 @@ class ExtractReport:
         for key, shape in self.shapes.items():
             lines.append(f"  {key}: {tuple(shape)}")
         if self.precision_auto:
-            rates = self.precision_auto.get("images_per_second", {})
-            tried = ", ".join(f"{k} {v:.1f} img/s" for k, v in rates.items() if v) or "one candidate"
-            lines.append(f"  precision: auto -> {self.precision} ({tried}; on {self.device})")
+            auto = self.precision_auto
+            rates = ", ".join(f"{k} {v:.1f} img/s" for k, v in auto.get("images_per_second", {}).items() if v)
+            detail = f"{auto.get('source')}{': ' + rates if rates else ''}; {auto.get('reason', '')}"
+            lines.append(f"  precision: auto -> {self.precision} on {self.device} ({detail})")
         elif self.device:
             lines.append(f"  precision: {self.precision} on {self.device}")
+        if self.startup:
+            lines.append(f"  start-up {self.startup_seconds:.1f} s: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.startup.items()))
         if self.stages and self.steady:
             lines.append("  stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.stages.items()))
         for path, reason in self.failure_list[:10]:
@@ -193,6 +200,7 @@ def extract(
     interpolation: str = "bilinear",
     dtype: str = "float32",
     precision: str = "auto",
+    remeasure_precision: bool = False,
     device: str | None = "auto",
     classes: list[str] | None = None,
     exif: bool = False,
@@ -226,9 +234,12 @@ def extract(
         interpolation: ``nearest`` (Keras parity), ``bilinear``, ``area``, ``bicubic``, ``lanczos``.
         dtype: stored feature dtype, ``float32`` or ``float16``.
         precision: Keras dtype policy for inference (``float32``, ``mixed_float16``,
-            ``mixed_bfloat16``), or ``auto``: measure float32 and every reduced precision the
-            hardware supports on the first batch and keep the fastest whose features stay within
-            2e-2 of float32 (see :func:`fastfeat.precision.choose_precision`).
+            ``mixed_bfloat16``), or ``auto``: the fastest precision the device runs natively whose
+            features stay within 2e-2 of float32, measured once on a few images of the first batch
+            (only when measuring costs at most 5% of the job) and cached per machine, model, cut,
+            size and batch size, so reruns choose the same (see :mod:`fastfeat.precision_auto`).
+        remeasure_precision: with ``auto``, ignore a cached decision and measure decisively
+            (the whole first batch, several rounds, whatever the job's length); the cache is updated.
         device: ``auto`` (first GPU, else CPU), ``cpu``, ``gpu`` or ``gpu:N``.
         classes: fixes class names and order.
         exif: apply EXIF orientation.
@@ -289,6 +300,7 @@ def extract(
     options = DecodeOptions(size or (1, 1), interpolation, exif, reduced_decode, max_pixels)
 
     catalog = build_catalog(source, classes=classes, follow_links=follow_links)
+    startup = {"catalog": time.perf_counter() - t_start}
     stored = _stored_meta(output) if resume and os.path.exists(output) else None
     requested_precision = precision
     if stored is not None:  # a resumed run keeps what the first run chose, so its rows match
@@ -300,7 +312,13 @@ def extract(
     from .models import build_base, extractor_builder, make_infer_fn, truncate
     from .runtime import choose_batch_size, configure
 
+    t_build = time.perf_counter()
     runtime = configure(device)  # before any TensorFlow op: thread pools, visible device, memory growth
+    auto, auto_key = None, None
+    if precision == "auto":  # a decision that needs no measuring is taken before the model is built
+        auto, auto_key = _auto_without_measuring(runtime.device, model, keys, size, batch_size, remeasure_precision)
+        if auto is not None:
+            precision = auto.choice
     build_precision = "float32" if precision == "auto" else precision
     init_seed = None
     if weights is None and not model_file:
@@ -317,16 +335,22 @@ def extract(
                 base.load_weights(os.fspath(weights))
         extractor = truncate(base, cuts)
     options.size = size
+    startup["model_build"] = time.perf_counter() - t_build
     shapes = {k: tuple(int(d) for d in extractor.output[k].shape[1:]) for k in keys}
     if batch_size_auto:
         loader_threads = runtime.threads.loader
         batch_size = choose_batch_size(extractor, runtime.device, build_precision, images=len(catalog),
                                        input_batches=(loader_threads + default_ahead(loader_threads)) * (1 + augment_copies))  # fmt: skip
     batch_size = int(batch_size)
-    if precision == "auto":
-        infer, build = None, extractor_builder(base, cuts, safe_mode=not unsafe_model)
+    if precision == "auto":  # measured on the first batch, before anything is written
+        measure = _AutoMeasure(
+            build=extractor_builder(base, cuts, safe_mode=not unsafe_model), key=auto_key,
+            candidates=_native_precisions(runtime.device), remeasure=remeasure_precision,
+            build_seconds=startup["model_build"],
+        )  # fmt: skip
+        infer = None
     else:
-        infer, build = make_infer_fn(extractor), None
+        infer, measure = make_infer_fn(extractor), None
 
     meta = {
         "model": os.path.abspath(model) if model_file else get_spec(model).name,
@@ -337,7 +361,7 @@ def extract(
         "preprocess": normalization.mode,
         "precision": precision,
         "precision_requested": requested_precision,
-        "precision_auto": None,
+        "precision_auto": auto.to_meta() if auto is not None else None,
         "dtype": dtype,
         "weights": _weights_label(weights, model_file),
         "init_seed": init_seed,
@@ -375,6 +399,7 @@ def extract(
     report = ExtractReport(
         output=output, images=0, failures=0, seconds=0.0, images_per_second=0.0, model=meta["model"],
         layers=keys, shapes=shapes, precision=precision, batch_size=batch_size, device=runtime.device.spec,
+        precision_auto=meta["precision_auto"], startup=startup,
     )  # fmt: skip
     try:
         positions = np.arange(len(catalog), dtype=np.int64)
@@ -388,7 +413,7 @@ def extract(
         with runtime.device.scope():
             _run(
                 loader, positions, batch_size, infer, writer, report, on_error, progress,
-                build=build, threads=runtime.threads.loader,
+                measure=measure, threads=runtime.threads.loader,
             )  # fmt: skip
         report.startup_seconds = report.startup_seconds - t_start if report.startup_seconds else 0.0
     except BaseException as e:
@@ -517,6 +542,65 @@ def _check_resumable(stored: dict, wanted: dict) -> None:
         raise ValueError("Cannot resume: the store was written with other settings:\n" + "\n".join(diffs))
 
 
+def _native_precisions(device) -> list[str]:
+    from .precision import native_precisions
+
+    return native_precisions(device.kind, device.compute_capability)
+
+
+def _auto_without_measuring(device, model, keys, size, batch_size, remeasure):
+    """``precision="auto"`` decided before the model is built, where that needs no measuring: float32
+    when it is the only native precision, or a decision cached by an earlier run with the same key.
+
+    Returns:
+        ``(PrecisionChoice or None, decision key or None)``; ``None`` choice: measure on the first batch.
+    """
+    from . import precision_auto as A
+
+    candidates = _native_precisions(device)
+    if len(candidates) == 1:
+        choice = A.PrecisionChoice(
+            choice="float32", source="native", candidates=candidates,
+            reason=f"float32 is the only precision {device.spec} runs natively",
+        )  # fmt: skip
+        return choice, None
+    versions = _versions()
+    key = A.decision_key(
+        machine=A.machine_id(device.kind, device.name, device.compute_capability), model=A.model_id(model),
+        layers=keys, image_size=size, batch_size=batch_size, versions=versions,
+    )  # fmt: skip
+    if remeasure:
+        return None, key
+    return A.cached_choice(A.DecisionCache(), key), key
+
+
+@dataclass
+class _AutoMeasure:
+    """Decides ``precision="auto"`` on the first batch (:func:`fastfeat.precision_auto.decide_precision`),
+    records the choice in the report and caches a measured decision."""
+
+    build: object
+    key: dict | None
+    candidates: list
+    remeasure: bool = False
+    build_seconds: float = 0.0
+
+    def __call__(self, rows: np.ndarray, rows_total: int, report: ExtractReport):
+        from . import precision_auto as A
+
+        kind = "gpu" if report.device.startswith("gpu") else "cpu"
+        probe = rows[: A.probe_rows(len(rows), kind, self.remeasure)]
+        choice = A.decide_precision(
+            self.build, probe, self.candidates, rows_total, remeasure=self.remeasure, build_seconds=self.build_seconds,
+        )  # fmt: skip
+        if self.key is not None:
+            choice.key = A.key_digest(self.key)
+            if choice.source == "measured" and A.DecisionCache().put(choice.key, self.key, choice):
+                choice.reason += "; cached for the next runs"
+        report.precision, report.precision_auto = choice.choice, choice.to_meta()
+        return choice.extractor
+
+
 def _infer_rows(infer, images, batch_size: int) -> dict[str, np.ndarray]:
     """Run the compiled model over ``images`` in slices of ``batch_size`` rows."""
     n = int(images.shape[0])
@@ -542,11 +626,11 @@ def _finish_writer(sink: _Writer, interrupted: bool) -> None:
             return
 
 
-def _run(loader, positions, batch_size, infer, writer, report, on_error, progress, build=None, threads=None):
+def _run(loader, positions, batch_size, infer, writer, report, on_error, progress, measure=None, threads=None):
     """The main loop: pull batches, infer, hand them to the writer thread.
 
-    With ``infer=None`` (precision ``auto``), ``build`` (:func:`fastfeat.models.extractor_builder`)
-    makes each candidate, and the first batch chooses the precision before anything is written.
+    With ``infer=None`` (precision ``auto`` without a cached decision), ``measure`` (an
+    :class:`_AutoMeasure`) decides on a few images of the first batch before anything is written.
     """
     from tqdm.auto import tqdm
 
@@ -568,19 +652,16 @@ def _run(loader, positions, batch_size, infer, writer, report, on_error, progres
             except StopIteration:
                 break
             t1 = time.perf_counter()
-            outputs = None
-            if infer is None:  # precision auto: measure on this first batch, before anything is written
-                from .precision import choose_precision
-
+            if infer is None:  # precision auto: decide on this first batch, before anything is written
+                t_auto = time.perf_counter()
+                rows_total = len(positions) * (1 + len(loader.copies))
+                readable = ok.numpy()
                 rows = images.numpy()
-                choice = choose_precision(build, rows[:batch_size], device=report.device or "auto")
-                infer = choice.extractor
-                report.precision, report.precision_auto = choice.choice, choice.to_meta()
-                writer.update_meta(precision=choice.choice, precision_auto=report.precision_auto)
-                if choice.outputs is not None and len(rows) <= batch_size:
-                    outputs = choice.outputs  # the chosen precision's features of this very batch
-            if outputs is None:
-                outputs = _infer_rows(infer, images, batch_size)
+                infer = measure(rows[readable] if readable.any() else rows, rows_total, report)
+                writer.update_meta(precision=report.precision, precision_auto=report.precision_auto)
+                report.startup["precision"] = time.perf_counter() - t_auto
+                t1 = time.perf_counter()
+            outputs = _infer_rows(infer, images, batch_size)
             if report.precision == "mixed_float16":
                 from .precision import count_nonfinite
 
@@ -616,6 +697,7 @@ def _run(loader, positions, batch_size, infer, writer, report, on_error, progres
             if steady_start is None:
                 steady_start = time.perf_counter()  # the first batch carries tracing and warm-up
                 report.startup_seconds = steady_start
+                report.startup["first_batch"] = steady_start - t0 - report.startup.get("precision", 0.0)
             else:
                 steady_images += int(np.count_nonzero(ok & plain))
                 stages["input_wait"] += t1 - t0

@@ -1,30 +1,24 @@
-"""Inference precision: Keras dtype policies, what the hardware runs fast, and ``auto`` selection.
+"""Inference precision: Keras dtype policy names, what the hardware runs natively, rebuilding a model
+under a policy, and how far reduced-precision features stray from float32.
 
-Reduced precision is not always faster (on a CPU without bf16 instructions ``mixed_bfloat16`` is
-emulated and slower; MobileNetV2 loses even where it is native), so ``auto`` *measures*: it runs
-float32 and every reduced precision the hardware supports on the first real batch, rejects the
-ones whose features stray from float32 by more than ``tolerance`` (max-norm relative error) or
-overflow, and keeps the fastest. The record (:class:`PrecisionChoice`) goes into the store's
-metadata and the run's report.
+This is a leaf module (it imports no other fastfeat module); ``precision="auto"`` -- measuring,
+and the cached decision -- lives in :mod:`fastfeat.precision_auto`.
 
 A saved model keeps one dtype policy per layer in its config, so the global policy does not
 reach it: :func:`rebuild_with_policy` rebuilds it from its config with the policies replaced and
-copies the weights over. This module imports Keras and TensorFlow lazily.
+copies the weights over. This module imports Keras lazily.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 
 import numpy as np
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 PRECISION_CHOICES = (*PRECISIONS, "auto")
+#: Largest max-norm relative error against float32 that a reduced precision may show under ``auto``.
 DEFAULT_TOLERANCE = 2e-2
-#: A reduced precision replaces float32 only if it is at least this much faster (noise guard).
-MIN_SPEEDUP = 1.05
 
 _FLOAT_POLICIES = {"float32", "float16", "bfloat16", "float64", *PRECISIONS[1:]}
 _POLICY_CLASSES = {"DTypePolicy", "FloatDTypePolicy"}
@@ -53,6 +47,21 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
     return frozenset()
 
 
+def cpu_model(path: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name (``"AMD EPYC 7B13"``), or ``platform.processor()`` where unreadable."""
+    try:
+        with open(path) as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip().lower() in ("model name", "cpu model", "hardware"):
+                    return value.strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 def cpu_supports_bf16(flags: frozenset[str] | set[str] | None = None) -> bool:
     """True if the CPU has native bfloat16 arithmetic (AVX512_BF16, AMX-BF16, or aarch64 BF16)."""
     flags = cpu_flags() if flags is None else flags
@@ -71,28 +80,24 @@ def gpu_precisions(compute_capability: tuple[int, int] | None) -> list[str]:
     return out
 
 
-def available_precisions(device: str = "auto", flags: frozenset[str] | None = None) -> list[str]:
-    """Precisions worth measuring on ``device``: always ``float32``, plus the natively supported ones.
+def native_precisions(
+    kind: str, compute_capability: tuple[int, int] | None = None, flags: frozenset[str] | set[str] | None = None
+) -> list[str]:
+    """Precisions worth considering on a device: always ``float32``, plus the natively supported ones.
 
     Args:
-        device: ``"auto"`` (the first GPU if TensorFlow sees one, else the CPU), ``"cpu"``, ``"gpu"``
-            or ``"gpu:N"`` (see :func:`fastfeat.runtime.parse_device`).
-        flags: CPU flags to judge by (default: this machine's ``/proc/cpuinfo``).
+        kind: ``"cpu"`` or ``"gpu"``.
+        compute_capability: the GPU's (major, minor); ``None`` for an unknown GPU (float32 only).
+        flags: CPU flags to judge by (default: this machine's ``/proc/cpuinfo``); CPU only.
 
     Returns:
         A list starting with ``"float32"``.
     """
-    from .runtime import gpu_compute_capability, parse_device
-
-    kind, index = parse_device(device)
-    out = ["float32"]
-    if kind in ("auto", "gpu"):
-        capability = gpu_compute_capability(index or 0)
-        if capability is not None or kind == "gpu":
-            return out + gpu_precisions(capability)
-    if cpu_supports_bf16(flags):
-        out.append("mixed_bfloat16")
-    return out
+    if kind not in ("cpu", "gpu"):
+        raise ValueError(f"`kind` must be cpu or gpu. Received: kind={kind!r}")
+    if kind == "gpu":
+        return ["float32", *gpu_precisions(compute_capability)]
+    return ["float32", "mixed_bfloat16"] if cpu_supports_bf16(flags) else ["float32"]
 
 
 # -- rebuilding a model under a policy ----------------------------------------------------------
@@ -205,172 +210,3 @@ def count_nonfinite(outputs) -> int:
         return sum(count_nonfinite(v) for v in outputs.values())
     values = np.asarray(outputs)
     return int(values.size - np.count_nonzero(np.isfinite(values)))
-
-
-@dataclass
-class PrecisionChoice:
-    """What ``auto`` measured and chose.
-
-    Attributes:
-        choice: the precision kept.
-        candidates: the precisions tried, float32 first.
-        errors: precision -> max-norm relative error of its features against float32 (same batch).
-        images_per_second: precision -> best measured inference rate on the batch.
-        rejected: precision -> why it was not eligible (error over tolerance, overflow, build failure).
-        tolerance: the relative error allowed.
-        batch_size: images in the measured batch.
-        seconds: time the whole selection took (builds, tracing and timed runs).
-        extractor: what ``build_extractor`` returned for the chosen precision (not in the metadata).
-        outputs: the chosen precision's features of the measured batch, as NumPy arrays (write them
-            instead of computing the batch again); ``None`` when nothing was measured.
-    """
-
-    choice: str
-    candidates: list[str]
-    errors: dict[str, float] = field(default_factory=dict)
-    images_per_second: dict[str, float] = field(default_factory=dict)
-    rejected: dict[str, str] = field(default_factory=dict)
-    tolerance: float = DEFAULT_TOLERANCE
-    batch_size: int = 0
-    seconds: float = 0.0
-    extractor: object = field(default=None, repr=False, compare=False)
-    outputs: object = field(default=None, repr=False, compare=False)
-
-    def to_meta(self) -> dict:
-        """A JSON-safe dict for the store's metadata and the report (no ``extractor``)."""
-
-        def num(v):
-            return None if v is None or not np.isfinite(v) else round(float(v), 6)
-
-        return {
-            "choice": self.choice,
-            "candidates": list(self.candidates),
-            "errors": {k: num(v) for k, v in self.errors.items()},
-            "images_per_second": {k: num(v) for k, v in self.images_per_second.items()},
-            "rejected": dict(self.rejected),
-            "tolerance": self.tolerance,
-            "batch_size": self.batch_size,
-            "seconds": round(self.seconds, 3),
-        }
-
-    def summary(self) -> str:
-        """One line for the end of a run."""
-        parts = []
-        for p in self.candidates:
-            rate = self.images_per_second.get(p)
-            err = self.errors.get(p)
-            text = p
-            if rate is not None:
-                text += f" {rate:.1f} img/s"
-            if err is not None and p != "float32":
-                text += f" err {err:.1e}"
-            if p in self.rejected:
-                text += f" (rejected: {self.rejected[p]})"
-            parts.append(text)
-        return f"precision auto -> {self.choice}: " + "; ".join(parts)
-
-
-def _to_numpy(outputs):
-    if isinstance(outputs, Mapping):
-        return {k: _to_numpy(v) for k, v in outputs.items()}
-    return outputs.numpy() if hasattr(outputs, "numpy") else np.asarray(outputs)
-
-
-def _time_calls(fn, batch, repeats: int) -> tuple[float, object]:
-    """Best-of-``repeats`` seconds of ``fn(batch)`` (outputs fetched to host, so GPUs are synced)."""
-    best, outputs = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        outputs = _to_numpy(fn(batch))
-        best = min(best, time.perf_counter() - t0)
-    return best, outputs
-
-
-def choose_precision(
-    build_extractor: Callable[[str], Callable],
-    batch: np.ndarray,
-    candidates: list[str] | None = None,
-    repeats: int = 1,
-    tolerance: float = DEFAULT_TOLERANCE,
-    device: str = "auto",
-    min_speedup: float = MIN_SPEEDUP,
-) -> PrecisionChoice:
-    """Measure precisions on one real batch and keep the fastest whose features match float32.
-
-    Each candidate is built, called once to trace and warm up, then timed ``repeats`` times (best
-    time counts). Its outputs are compared with float32's on the same batch. A reduced precision is
-    kept only if its error is within ``tolerance``, its outputs are finite, and it is at least
-    ``min_speedup`` times faster than float32 (so noise never trades accuracy for nothing).
-    With a single candidate nothing is built or timed beyond what the run needs anyway.
-
-    Cost: ``1 + repeats`` forward passes of ``batch`` per candidate, one of which is useful (the
-    chosen precision's features of the batch come back in :attr:`PrecisionChoice.outputs`).
-
-    Args:
-        build_extractor: ``precision -> fn``, where ``fn(batch)`` returns the features (an array or a
-            dict of arrays/tensors). Built for float32 and each candidate; the chosen one is returned
-            in :attr:`PrecisionChoice.extractor`. Build every candidate from the same weights (see
-            :func:`fastfeat.models.extractor_builder`), or the comparison means nothing.
-        batch: a float32 input batch of the real data.
-        candidates: precisions to try (default: :func:`available_precisions` for ``device``).
-            ``float32`` is always measured, as the reference.
-        repeats: timed calls per candidate after the warm-up call.
-        tolerance: largest max-norm relative error allowed against float32.
-        device: used only to find the default candidates.
-        min_speedup: how much faster than float32 a reduced precision must be.
-
-    Returns:
-        A :class:`PrecisionChoice`.
-    """
-    t_start = time.perf_counter()
-    if candidates is None:
-        candidates = available_precisions(device)
-    candidates = list(dict.fromkeys(["float32", *(check_precision(c, allow_auto=False) for c in candidates)]))
-    if repeats < 1:
-        raise ValueError(f"`repeats` must be >= 1. Received: repeats={repeats}")
-    if not tolerance > 0:
-        raise ValueError(f"`tolerance` must be > 0. Received: tolerance={tolerance}")
-    batch = np.asarray(batch, dtype=np.float32)
-    n = int(batch.shape[0]) if batch.ndim else 0
-    if n < 1:
-        raise ValueError(f"`batch` must hold at least one image. Received: batch shape={batch.shape}")
-    result = PrecisionChoice(choice="float32", candidates=candidates, tolerance=tolerance, batch_size=n)
-
-    reference_fn = build_extractor("float32")
-    if len(candidates) == 1:
-        result.errors["float32"] = 0.0
-        result.extractor = reference_fn
-        result.seconds = time.perf_counter() - t_start
-        return result
-
-    _to_numpy(reference_fn(batch))  # trace + warm up
-    seconds, reference = _time_calls(reference_fn, batch, repeats)
-    result.errors["float32"] = 0.0
-    result.images_per_second["float32"] = n / seconds
-    best, best_rate, best_fn, best_outputs = "float32", n / seconds, reference_fn, reference
-    for precision in candidates[1:]:
-        try:
-            fn = build_extractor(precision)
-            _to_numpy(fn(batch))
-        except ValueError as e:  # e.g. a model that cannot be rebuilt under the policy
-            result.rejected[precision] = f"build failed: {e}"
-            continue
-        seconds, outputs = _time_calls(fn, batch, repeats)
-        rate = n / seconds
-        error = relative_error(reference, outputs)
-        result.images_per_second[precision] = rate
-        result.errors[precision] = error
-        bad = count_nonfinite(outputs)
-        if bad:
-            result.rejected[precision] = f"{bad} non-finite values (loss of range)"
-        elif error > tolerance:
-            result.rejected[precision] = f"error {error:.2e} > tolerance {tolerance:.0e}"
-        elif rate >= best_rate * (min_speedup if best == "float32" else 1.0) and rate > best_rate:
-            best, best_rate, best_fn, best_outputs = precision, rate, fn, outputs
-        del fn, outputs
-    result.choice = best
-    result.extractor = best_fn
-    result.outputs = best_outputs
-    result.seconds = time.perf_counter() - t_start
-    return result
-

@@ -16,6 +16,8 @@ import re
 import sys
 from dataclasses import asdict, dataclass, field
 
+from .precision import check_precision
+
 #: Upper bound of the automatic batch size: beyond it throughput stops growing (CPU) or gains little (GPU).
 MAX_AUTO_BATCH = {"cpu": 32, "gpu": 256}
 #: Share of free memory an automatically sized batch may use (activations, outputs, queued copies).
@@ -369,8 +371,6 @@ def choose_batch_size(
         input_batches: float32 input batches alive at once (the loader's workers and the batches
             they run ahead, times 1 + augmented copies; see :meth:`fastfeat.loader.Loader.dataset`).
     """
-    from .precision import check_precision
-
     check_precision(precision, allow_auto=False)
     kind = device.kind if isinstance(device, DeviceInfo) else parse_device(device)[0]
     kind = "gpu" if kind == "gpu" else "cpu"

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# precision="auto" caches its decisions per user: tests keep theirs in a folder of their own
+os.environ["FASTFEAT_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastfeat-test-cache-")
+atexit.register(shutil.rmtree, os.environ["FASTFEAT_CACHE_DIR"], True)
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402

@@ -11,26 +11,14 @@ def test_auto_default(class_tree, tiny_model_file, tmp_path):
     root, expected = class_tree
     out = tmp_path / "a.h5"
     report = fastfeat.extract(root, out, model=tiny_model_file, layers=["conv2"], batch_size=4, progress=False)
-    assert report.precision in P.available_precisions("cpu")
-    assert report.precision_auto["choice"] == report.precision
+    assert report.precision in P.native_precisions("cpu")
+    auto = report.precision_auto
+    assert auto["choice"] == report.precision and auto["source"] in ("native", "measured", "cached", "skipped")
     with open_store(out) as s:
         m = s.meta
         assert m["precision"] == report.precision and m["precision_requested"] == "auto"
         assert m["precision_auto"]["choice"] == report.precision and m["device"] == "cpu"
         assert m["runtime"]["threads"]["cores"] >= 1
-    assert "precision" in report.summary()
-
-
-def test_auto_two_candidates(class_tree, tiny_model_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(P, "available_precisions", lambda device="auto", flags=None: ["float32", "mixed_bfloat16"])
-    root, expected = class_tree
-    out = tmp_path / "b.h5"
-    report = fastfeat.extract(root, out, model=tiny_model_file, layers=["conv2"], batch_size=4, progress=False)
-    assert set(report.precision_auto["errors"]) == {"float32", "mixed_bfloat16"}
-    assert report.precision_auto["errors"]["mixed_bfloat16"] <= 2e-2
-    with open_store(out) as s:
-        assert s.meta["precision_auto"]["candidates"] == ["float32", "mixed_bfloat16"]
-        assert s.features("conv2").shape[0] == len(expected)
     assert "precision" in report.summary()
 
 
@@ -49,5 +37,9 @@ def test_cli(class_tree, tiny_model_file, tmp_path):
     root, expected = class_tree
     assert main([ "extract", str(root), "-o", str(tmp_path / "d.h5"), "--model", tiny_model_file, "--layer", "conv1",
                   "--device", "cpu", "--quiet"]) == 0
+    assert main([ "extract", str(root), "-o", str(tmp_path / "r.h5"), "--model", tiny_model_file, "--layer", "conv1",
+                  "--remeasure-precision", "--quiet"]) == 0
+    with open_store(tmp_path / "r.h5") as s:
+        assert s.meta["precision_auto"]["source"] in ("native", "measured")
     assert main([ "extract", str(root), "-o", str(tmp_path / "e.h5"), "--model", tiny_model_file, "--layer", "conv1",
                   "--device", "tpu", "--quiet"]) == 2

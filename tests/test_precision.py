@@ -1,10 +1,9 @@
-"""Precision: hardware detection, error measure, ``auto`` selection; and the runtime it depends on
-(device parsing and selection, thread plan, automatic batch size)."""
+"""Precision: hardware detection, error measure, rebuilding under a policy; and the runtime (device parsing
+and selection, thread plan, automatic batch size). ``auto`` is tested in test_precision_auto.py."""
 
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -44,14 +43,26 @@ def test_gpu_precisions(capability, expected):
     assert P.gpu_precisions(capability) == expected
 
 
-def test_available_precisions_on_the_cpu():
-    assert P.available_precisions("cpu", flags=frozenset({"avx2"})) == ["float32"]
-    assert P.available_precisions("cpu", flags=frozenset({"avx512_bf16"})) == ["float32", "mixed_bfloat16"]
-    here = P.available_precisions("cpu")
+def test_native_precisions():
+    assert P.native_precisions("cpu", flags=frozenset({"avx2"})) == ["float32"]
+    assert P.native_precisions("cpu", flags=frozenset({"avx512_bf16"})) == ["float32", "mixed_bfloat16"]
+    assert P.native_precisions("cpu", flags=frozenset({"amx_bf16", "amx_tile"})) == ["float32", "mixed_bfloat16"]
+    here = P.native_precisions("cpu")
     assert here[0] == "float32" and ("mixed_bfloat16" in here) == P.cpu_supports_bf16()
+    assert P.native_precisions("gpu", (9, 0)) == ["float32", "mixed_float16", "mixed_bfloat16"]
+    assert P.native_precisions("gpu", (7, 5)) == ["float32", "mixed_float16"]
+    assert P.native_precisions("gpu", None) == ["float32"]
+    with pytest.raises(ValueError, match=r"Received: kind='tpu'"):
+        P.native_precisions("tpu")
 
 
-# -- the error measure --------------------------------------------------------------------------
+def test_cpu_model_from_a_cpuinfo_file(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu avx2\n")
+    assert P.cpu_model(str(info)) == "AMD EPYC 7B13"
+    assert isinstance(P.cpu_model(str(tmp_path / "missing")), str)
+
+
 def test_relative_error_is_max_norm_relative():
     ref = np.array([[1.0, -4.0], [2.0, 0.0]], np.float32)
     assert P.relative_error(ref, ref) == 0.0
@@ -66,112 +77,7 @@ def test_relative_error_is_max_norm_relative():
     assert P.count_nonfinite({"a": np.array([1.0, np.inf, np.nan]), "b": np.ones(2)}) == 2
 
 
-# -- auto selection with fake extractors (exact, fast) ----------------------------------------------
-def _fake_builder(behaviour, built):
-    """precision -> fn(batch): sleeps ``delay`` per call and returns batch * scale (+ inf if asked)."""
-
-    def build(precision):
-        built.append(precision)
-        delay, scale, overflow = behaviour[precision]
-
-        def fn(batch):
-            time.sleep(delay)
-            out = batch * scale
-            if overflow:
-                out = out.copy()
-                out[0, 0] = np.inf
-            return {"feat": out}
-
-        return fn
-
-    return build
-
-
-BATCH = np.ones((4, 3), np.float32)
-
-
-def test_auto_keeps_the_fastest_accurate_candidate():
-    built = []
-    behaviour = {
-        "float32": (0.03, 1.0, False),
-        "mixed_bfloat16": (0.01, 1.01, False),  # 3x faster, error 1e-2: kept
-        "mixed_float16": (0.005, 1.5, False),  # fastest but error 0.5: rejected
-    }
-    choice = P.choose_precision(_fake_builder(behaviour, built), BATCH, ["mixed_float16", "mixed_bfloat16"])
-    assert choice.choice == "mixed_bfloat16"
-    assert choice.candidates == ["float32", "mixed_float16", "mixed_bfloat16"]
-    assert choice.errors["mixed_bfloat16"] == pytest.approx(0.01, rel=1e-4)
-    assert "tolerance" in choice.rejected["mixed_float16"]
-    assert choice.images_per_second["mixed_float16"] > choice.images_per_second["float32"]
-    assert np.asarray(choice.extractor(BATCH)["feat"]).max() == pytest.approx(1.01)
-    np.testing.assert_allclose(choice.outputs["feat"], BATCH * 1.01)  # the chosen one's features of the batch
-    meta = choice.to_meta()
-    assert meta["choice"] == "mixed_bfloat16" and meta["batch_size"] == 4 and "extractor" not in meta
-    json.dumps(meta)
-
-
-def test_auto_rejects_overflow_and_needs_a_real_speedup():
-    built = []
-    behaviour = {
-        "float32": (0.02, 1.0, False),
-        "mixed_float16": (0.002, 1.0, True),  # inf: loss of range
-        "mixed_bfloat16": (0.0195, 1.0, False),  # not 5% faster: float32 stays
-    }
-    choice = P.choose_precision(_fake_builder(behaviour, built), BATCH, ["mixed_float16", "mixed_bfloat16"])
-    assert choice.choice == "float32"
-    assert "non-finite" in choice.rejected["mixed_float16"]
-    assert choice.errors["mixed_float16"] == float("inf")
-    assert json.loads(json.dumps(choice.to_meta()))["errors"]["mixed_float16"] is None
-    assert "mixed_bfloat16" not in choice.rejected
-    assert "float32" in choice.summary()
-
-
-def test_auto_with_one_candidate_measures_nothing():
-    built = []
-    choice = P.choose_precision(_fake_builder({"float32": (1.0, 1.0, False)}, built), BATCH, ["float32"])
-    assert choice.choice == "float32" and built == ["float32"] and choice.seconds < 0.5
-    assert choice.outputs is None
-    assert choice.images_per_second == {} and choice.errors == {"float32": 0.0}
-
-
-def test_auto_records_a_failed_build():
-    def build(precision):
-        if precision != "float32":
-            raise ValueError("cannot rebuild")
-        return lambda b: b
-
-    choice = P.choose_precision(build, BATCH, ["mixed_bfloat16"], repeats=1)
-    assert choice.choice == "float32" and "cannot rebuild" in choice.rejected["mixed_bfloat16"]
-
-
-def test_choose_precision_validates():
-    build = _fake_builder({"float32": (0, 1.0, False)}, [])
-    with pytest.raises(ValueError, match=r"Received: precision='fp8'"):
-        P.choose_precision(build, BATCH, ["fp8"])
-    with pytest.raises(ValueError, match=r"Received: repeats=0"):
-        P.choose_precision(build, BATCH, repeats=0)
-    with pytest.raises(ValueError, match=r"Received: batch shape=\(0, 3\)"):
-        P.choose_precision(build, BATCH[:0])
-
-
-# -- auto selection on a real model on this CPU ---------------------------------------------------
-def test_auto_on_cpu_with_a_real_model(tiny_model_file):
-    from fastfeat.models import build_base, extractor_builder
-
-    base = build_base(tiny_model_file)
-    build = extractor_builder(base, [("conv2", "none"), ("conv3", "avg")])
-    batch = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
-    default = P.choose_precision(build, batch, device="cpu")
-    assert default.choice in P.available_precisions("cpu")
-    both = P.choose_precision(build, batch, candidates=["mixed_bfloat16"], device="cpu")
-    assert both.choice in ("float32", "mixed_bfloat16")
-    assert set(both.errors) == {"float32", "mixed_bfloat16"} and set(both.images_per_second) == set(both.errors)
-    assert 0 < both.errors["mixed_bfloat16"] <= 2e-2  # bf16 features within 2e-2 of float32
-    assert both.rejected == {}
-    features = both.extractor(batch)
-    assert {k: v.dtype.name for k, v in features.items()} == {"conv2": "float32", "conv3:avg": "float32"}
-
-
+# -- reduced precision on a real application ------------------------------------------------------
 def test_bf16_features_of_an_application_within_tolerance():
     from fastfeat.models import build_base, extractor_builder
 

@@ -32,7 +32,7 @@ def folder(tmp_path_factory):
 def _argv(folder, out, model_file, *extra):
     return [
         sys.executable, "-m", "fastfeat", "extract", str(folder), "-o", str(out), "--model", model_file,
-        "--layer", "conv1", "--layer", "conv3:avg", "--batch-size", "4", "--quiet", *extra,
+        "--layer", "conv1", "--layer", "conv3:avg", "--batch-size", "4", "--precision", "float32", "--quiet", *extra,
     ]  # fmt: skip
 
 
