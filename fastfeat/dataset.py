@@ -25,6 +25,7 @@ import warnings
 
 import numpy as np
 
+from . import checks
 from .augment import Augment
 from .catalog import IMAGE_EXTENSIONS, Catalog, build_catalog
 from .decode import DEFAULT_MAX_PIXELS
@@ -36,16 +37,8 @@ SUBSETS = ("training", "validation", "both")
 
 
 def _check_args(image_size, batch_size, label_mode, validation_split, subset, shuffle, seed, augment):
-    if isinstance(image_size, int) and not isinstance(image_size, bool):
-        image_size = (image_size, image_size)
-    if not (
-        isinstance(image_size, (tuple, list))
-        and len(image_size) == 2
-        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in image_size)
-    ):
-        raise ValueError(f"`image_size` must be (height, width), two positive ints. Received: image_size={image_size!r}")
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int. Received: batch_size={batch_size!r}")
+    image_size = checks.image_size(image_size, allow_none=False)
+    checks.positive_int(batch_size, "batch_size")
     if label_mode not in LABEL_MODES:
         raise ValueError(
             f"`label_mode` must be one of 'int', 'categorical', 'binary' or None. Received: label_mode={label_mode!r}"
@@ -72,7 +65,7 @@ def _check_args(image_size, batch_size, label_mode, validation_split, subset, sh
         augment = Augment.from_dict(augment)
     if augment is not None and not isinstance(augment, Augment):
         raise ValueError(f"`augment` must be None, an Augment, or its dict. Received: augment={augment!r}")
-    return tuple(int(v) for v in image_size), augment
+    return image_size, augment
 
 
 def split_positions(n: int, validation_split: float | None, shuffle: bool, seed: int | None):

@@ -5,9 +5,11 @@ Set ``FASTFEAT_DISABLE_JIT=1`` to run every kernel as plain Python (slow, for de
 each kernel also keeps its un-jitted original as ``kernel.py_func`` for tests.
 
 Kernels only write into the output buffer they are given; they never allocate it.
-They are compiled with ``nogil=True`` and without ``parallel=True``: tf.data calls them from
-several threads at once, which Numba's default ``workqueue`` threading layer does not allow
-for parallel kernels. Parallelism comes from those concurrent calls instead.
+They are compiled with ``nogil=True`` and without ``parallel=True``: the loader's worker
+threads (:mod:`fastfeat.workers`) call them on several batches at once, which Numba's default
+``workqueue`` threading layer does not allow for parallel kernels. Parallelism comes from those
+concurrent calls instead. The augmentation kernels live in :mod:`fastfeat.warp`, built with the
+same :func:`jit`.
 """
 
 from __future__ import annotations

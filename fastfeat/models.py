@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import os
 
+from . import checks
 from .precision import PRECISIONS, check_precision, rebuild_with_policy  # noqa: F401 -- PRECISIONS re-exported
 from .registry import ModelSpec, get_spec, is_model_file, models  # noqa: F401 -- re-exported
 
@@ -38,21 +39,9 @@ def feature_key(layer: str, pool: str) -> str:
 
 
 def normalize_size(image_size) -> tuple[int, int] | None:
-    """``None``, an int or a (height, width) pair to ``None`` or (height, width)."""
-    if image_size is None:
-        return None
-    if isinstance(image_size, int):
-        size = (image_size, image_size)
-    elif isinstance(image_size, str):
-        parts = image_size.lower().replace("x", ",").split(",")
-        size = tuple(int(p) for p in parts if p.strip())
-        if len(size) == 1:
-            size = (size[0], size[0])
-    else:
-        size = tuple(int(s) for s in image_size)
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"`image_size` must be an int or (height, width). Received: image_size={image_size!r}")
-    return size
+    """``None``, an int, ``"HxW"`` or a (height, width) pair to ``None`` or (height, width)
+    (:func:`fastfeat.checks.image_size`)."""
+    return checks.image_size(image_size)
 
 
 class WeightsDownloadError(RuntimeError):

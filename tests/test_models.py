@@ -58,6 +58,16 @@ def test_normalize_size_rejects_nonsense():
         M.normalize_size((0, 3))
 
 
+@pytest.mark.parametrize("value", [0, -2, True, "0", "abc", "3x4x5", (32.5, 32), (1, 2, 3), [0, 4]])
+def test_image_size_check_names_the_value(value):
+    from fastfeat import checks
+
+    with pytest.raises(ValueError, match=r"must be a positive int, a \(height, width\) pair .* Received: size="):
+        checks.image_size(value, name="size")
+    with pytest.raises(ValueError, match="Received: image_size=None"):
+        checks.image_size(None, allow_none=False)
+
+
 def test_build_base_checks_size_weights_and_precision(tmp_path):
     with pytest.raises(ValueError, match="at least 75x75"):
         M.build_base("inceptionv3", (64, 64), weights=None)
