@@ -6,6 +6,7 @@ nothing from fastfeat and nothing heavy, so any layer can use it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,7 +22,8 @@ def positive_int(value, name: str, allow_none: bool = False) -> int | None:
     if value is None and allow_none:
         return None
     if not is_int(value) or value < 1:
-        raise ValueError(f"`{name}` must be a positive int{' or None' if allow_none else ''}. Received: {name}={value!r}")
+        alternative = " or None" if allow_none else ""
+        raise ValueError(f"`{name}` must be a positive int{alternative}. Received: {name}={value!r}")
     return int(value)
 
 
@@ -52,3 +54,13 @@ def image_size(value, name: str = "image_size", allow_none: bool = True) -> tupl
             f"Received: {name}={value!r}"
         )
     return size
+
+
+def output_dir(path) -> None:
+    """Raise if the folder a file is to be written in is missing or not writable."""
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"The output directory does not exist: {parent!r}. Received: output={path!r}")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"The output directory is not writable: {parent!r}. Received: output={path!r}")

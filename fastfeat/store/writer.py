@@ -1,5 +1,11 @@
 """Streaming, crash-safe writer of a fastfeat HDF5 store (see :mod:`fastfeat.store.layout`).
 
+Its parts: :mod:`~fastfeat.store.chunks` (chunk and compression policy, dataset creation),
+:mod:`~fastfeat.store.create` (a new store, renamed into place), :mod:`~fastfeat.store.resume`
+(reopen or rebuild an interrupted one), :mod:`~fastfeat.store.guards` (disk-full and I/O-error
+guards), :mod:`~fastfeat.store.strings` (path and reason columns); this module appends and
+publishes rows.
+
 Every dataset is sized up front from the catalog's row count, chunked along the sample axis with
 an explicit chunk shape and (uncompressed) allocated in one piece at creation, so the reader can
 memory-map it and appending never changes HDF5 metadata. Rows become visible, and survive a
@@ -11,173 +17,20 @@ rows of an image and of its augmented copies are committed together or not at al
 from __future__ import annotations
 
 import collections
-import errno
-import json
 import os
 
 import h5py
 import numpy as np
 
+from ..checks import output_dir as check_output_dir
 from . import layout, recovery
-from .lock import StoreLock, StoreLockedError
-from .recovery import UnrecoverableStoreError
-
-COMPRESSIONS = ("none", "lzf", "gzip")
-#: Files HDF5 could not close (it could not flush them: disk full). Kept referenced so that the
-#: garbage collector does not retry the doomed close and print errors; the OS closes them at exit.
-_UNCLOSABLE: list = []
-_SPACE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-
-
-def parse_compression(spec: str | None) -> tuple[str | None, int | None]:
-    """``"none"``, ``"lzf"``, ``"gzip"`` or ``"gzip:LEVEL"`` to h5py's (compression, opts)."""
-    if spec in (None, "", "none"):
-        return None, None
-    name, _, level = str(spec).partition(":")
-    if name not in COMPRESSIONS:
-        raise ValueError(f"`compression` must be none, lzf, gzip or gzip:LEVEL. Received: compression={spec!r}")
-    if name == "gzip":
-        if level and not level.isdigit():
-            raise ValueError(f"gzip level must be 0..9. Received: compression={spec!r}")
-        lvl = int(level) if level else 4
-        if not 0 <= lvl <= 9:
-            raise ValueError(f"gzip level must be 0..9. Received: compression={spec!r}")
-        return "gzip", lvl
-    if level:
-        raise ValueError(f"lzf takes no level. Received: compression={spec!r}")
-    return "lzf", None
-
-
-def chunk_rows_for(row_shape: tuple[int, ...], dtype, capacity: int, compressed: bool = False) -> int:
-    """Rows per chunk for the training-time access pattern (whole samples, random order).
-
-    About ``TARGET_CHUNK_BYTES`` per chunk: a few samples of a feature map (one 28x28x512
-    float32 map is 1.6 MB: 2 per chunk), many pooled vectors (at most ``MAX_CHUNK_ROWS``).
-    Compressed chunks aim at ``TARGET_COMPRESSED_CHUNK_BYTES``: a random row costs a whole
-    chunk's decompression.
-    """
-    row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
-    target = layout.TARGET_COMPRESSED_CHUNK_BYTES if compressed else layout.TARGET_CHUNK_BYTES
-    rows = min(target // row_bytes, layout.MAX_CHUNK_ROWS, max(int(capacity), 1))
-    return int(max(1, rows))
-
-
-def _space_error(path: str, e: BaseException) -> OSError | None:
-    """A clean ``OSError`` if ``e`` means the disk (or a quota, or a file size limit) is full."""
-    code = getattr(e, "errno", None)
-    text = str(e)
-    markers = ("No space", "File too large", "quota", "errno = 28", "errno = 27", "errno = 122")
-    if code in _SPACE_ERRNOS or any(m in text for m in markers):
-        return OSError(
-            errno.ENOSPC,
-            f"Disk full while writing {path!r}: the store is incomplete (the rows committed before are kept; "
-            "free some space and run again with --resume)",
-        )
-    return None
-
-
-def check_output_dir(path: str | os.PathLike) -> None:
-    """Raise if the folder a store is to be written in is missing or not writable."""
-    path = os.fspath(path)
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(f"The output directory does not exist: {parent!r}. Received: output={path!r}")
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"The output directory is not writable: {parent!r}. Received: output={path!r}")
-
-
-class _IOGuard:
-    """Marks the writer broken on any I/O error (HDF5 may have dropped what it failed to write,
-    so nothing may be published after it) and turns a full disk into a clean ``OSError``."""
-
-    def __init__(self, writer: StoreWriter):
-        self.writer = writer
-
-    def __enter__(self):
-        if self.writer._broken is not None:
-            raise OSError(
-                f"{self.writer.path!r} cannot be written any more after an earlier error: {self.writer._broken}"
-            )
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc is None or not isinstance(exc, (OSError, RuntimeError)):
-            return False
-        self.writer._broken = exc
-        full = _space_error(self.writer.path, exc)
-        if full is not None:
-            raise full from exc
-        return False
-
-
-def _dcpl(early: bool) -> h5py.h5p.PropDCID:
-    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-    if early:  # reserve the whole extent now, in one piece: memory-mappable, no metadata change later
-        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-    return dcpl
-
-
-def _make(group, name, shape, dtype, chunk_rows, compression=None, opts=None):
-    shape = tuple(int(s) for s in shape)
-    early = compression is None
-    return group.create_dataset(
-        name,
-        shape=shape,
-        maxshape=(None,) + shape[1:],
-        dtype=dtype,
-        chunks=(max(1, min(chunk_rows, shape[0])),) + shape[1:],
-        compression=compression,
-        compression_opts=opts,
-        dcpl=_dcpl(early),
-        fill_time="never" if early else None,
-        track_times=False,
-    )
-
-
-def _encode_meta(meta: dict) -> bytes:
-    encoded = json.dumps(meta).encode("utf-8")  # ASCII: json escapes the rest, surrogates included
-    if len(encoded) > layout.META_BYTES:
-        raise ValueError(
-            f"`meta` must encode to at most {layout.META_BYTES} bytes of JSON. Received: {len(encoded)} bytes"
-        )
-    return encoded
-
-
-def _meta_block_size(features, rows_per, capacity) -> int:
-    """Room for all B-tree nodes of the chunk indexes in one metadata block, so that HDF5 does
-    not interleave index nodes with the chunks it allocates: the chunks then lie back to back."""
-    total = 0
-    for key, spec in features.items():
-        shape = spec[0]
-        total += (-(-capacity // rows_per[key]) + 1) * (40 + 16 * (len(shape) + 2))
-    total += 16 * (-(-capacity // 65536) + 1) * 80 + 64 * 1024
-    return int(min(max(2 * total, 256 * 1024), 256 * 1024 * 1024))
-
-
-class _Strings:
-    """A column of byte strings as ``ends`` (one per row) and one ``bytes`` blob, both preallocated."""
-
-    def __init__(self, group: h5py.Group):
-        self.ends = group[layout.ENDS]
-        self.blob = group[layout.BYTES]
-
-    @staticmethod
-    def create(parent: h5py.Group, name: str, rows: int, nbytes: int) -> None:
-        g = parent.create_group(name, track_order=False)
-        _make(g, layout.ENDS, (rows,), np.int64, 65536)
-        _make(g, layout.BYTES, (max(nbytes, 1),), np.uint8, 1 << 20)
-
-    def write(self, start: int, used: int, items: list[bytes], grow) -> int:
-        """Write ``items`` as rows ``start...`` after ``used`` blob bytes; returns the new byte count."""
-        lengths = np.fromiter((len(b) for b in items), np.int64, len(items))
-        ends = used + np.cumsum(lengths)
-        total = int(ends[-1]) if len(items) else used
-        if total > self.blob.shape[0]:
-            grow(self.blob, max(total, 2 * self.blob.shape[0]))
-        if total > used:
-            self.blob[used:total] = np.frombuffer(b"".join(items), np.uint8)
-        self.ends[start : start + len(items)] = ends
-        return total
+from .chunks import chunk_rows_for, parse_compression  # noqa: F401 -- re-exported
+from .create import create_store, encode_meta
+from .guards import UNCLOSABLE, IOGuard
+from .lock import StoreLock, StoreLockedError  # noqa: F401 -- StoreLockedError re-exported
+from .recovery import UnrecoverableStoreError  # noqa: F401 -- re-exported
+from .resume import open_for_resume
+from .strings import StringColumn
 
 
 class StoreWriter:
@@ -229,9 +82,9 @@ class StoreWriter:
         self._lock.acquire()
         try:
             if mode == "resume" and exists:
-                self._file = self._open_for_resume()
+                self._file, self._resumed_pending, self._resumed_state = open_for_resume(self.path)
             else:
-                self._file = self._create(features, capacity, class_names, meta, compression, chunk_rows)
+                self._file = create_store(self.path, features, capacity, class_names, meta, compression, chunk_rows)
             self._bind()
         except BaseException:
             if self._file is not None:
@@ -239,198 +92,6 @@ class StoreWriter:
                 self._file = None
             self._lock.release()
             raise
-
-    # -- creation ---------------------------------------------------------------------------
-    def _create(self, features, capacity, class_names, meta, compression, chunk_rows, fill=None) -> h5py.File:
-        """Write the whole empty store under a temporary name, then rename it into place.
-
-        ``features`` values are (row shape, dtype) or (row shape, dtype, chunk rows, compression);
-        ``fill(f)`` may copy rows into the new file before it replaces ``self.path``.
-        """
-        capacity = max(int(capacity), 1)
-        specs = {}
-        for key, spec in features.items():
-            shape, dtype = tuple(int(d) for d in spec[0]), np.dtype(spec[1])
-            if len(spec) > 2:
-                rows = spec[2]
-            else:
-                rows = int(chunk_rows) if chunk_rows else chunk_rows_for(
-                    shape, dtype, capacity, compressed=parse_compression(compression)[0] is not None
-                )
-            specs[key] = (shape, dtype, rows, parse_compression(spec[3] if len(spec) > 3 else compression))
-        tmp = self.path + ".creating"
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        block = _meta_block_size(specs, {k: v[2] for k, v in specs.items()}, capacity)
-        f = h5py.File(tmp, "w", libver=layout.LIBVER, track_order=False, meta_block_size=block)
-        try:
-            encoded = _encode_meta(meta)
-            state = np.zeros(layout.STATE_SIZE, np.int64)
-            state[layout.S_CAPACITY] = capacity
-            state[layout.S_META_LEN] = len(encoded)
-            f.create_dataset(layout.STATE, data=state, track_times=False)  # contiguous: one small write
-            slots = np.zeros((2, layout.META_BYTES), np.uint8)
-            slots[0, : len(encoded)] = np.frombuffer(encoded, np.uint8)
-            f.create_dataset(layout.META_JSON, data=slots, track_times=False)
-            group = f.create_group(layout.FEATURES)
-            for key, (shape, dtype, rows, (comp, opts)) in specs.items():
-                _make(group, key, (capacity,) + shape, dtype, rows, comp, opts)
-            _make(f, layout.LABELS, (capacity,), np.int64, 65536)
-            _make(f, layout.INDEX, (capacity,), np.int64, 65536)
-            _make(f, layout.COPY, (capacity,), np.int32, 65536)
-            _Strings.create(f, layout.PATHS, capacity, capacity * layout.PATH_BYTES_PER_ROW)
-            fail = f.create_group(layout.FAILURES)
-            _make(fail, "index", (capacity,), np.int64, 65536)
-            _Strings.create(fail, "paths", capacity, capacity * layout.PATH_BYTES_PER_ROW // 4)
-            _Strings.create(fail, "reasons", capacity, capacity * layout.REASON_BYTES_PER_ROW // 4)
-            names = np.empty(len(class_names), dtype=object)  # bytes: any folder name, even non-UTF-8
-            names[:] = [os.fsencode(str(c)) for c in class_names]
-            f.create_dataset(layout.CLASS_NAMES, data=names, dtype=h5py.vlen_dtype(bytes), track_times=False)
-            f.attrs[layout.ATTR_FORMAT] = layout.FORMAT_VERSION
-            f.attrs[layout.ATTR_META] = json.dumps(meta)
-            f.flush()
-            self._reserve(tmp)
-            if fill is not None:
-                fill(f)
-                f.flush()
-            os.replace(tmp, self.path)
-        except BaseException as e:
-            try:
-                f.close()
-            except (OSError, RuntimeError):
-                _UNCLOSABLE.append(f)  # HDF5 cannot flush what the disk refused; the temporary file goes anyway
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            full = _space_error(self.path, e)
-            if full is not None:
-                raise full from e
-            raise
-        return f
-
-    @staticmethod
-    def _reserve(path: str) -> None:
-        """Reserve the disk blocks of the preallocated (sparse) file, so a full disk fails now."""
-        size = os.path.getsize(path)
-        if size == 0 or not hasattr(os, "posix_fallocate"):
-            return
-        fd = os.open(path, os.O_RDWR)
-        try:
-            os.posix_fallocate(fd, 0, size)
-        except OSError as e:
-            if e.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                return
-            raise
-        finally:
-            os.close(fd)
-
-    def _open_for_resume(self) -> h5py.File:
-        # read-only first: a foreign or damaged file is refused without a byte of it changing
-        problem = recovery.check_resumable_path(self.path)
-        if problem:
-            raise UnrecoverableStoreError(
-                f"Cannot resume {self.path!r}: {problem}. Write it again with --overwrite."
-            )
-        intact_bytes = recovery.repair_short_file(self.path)
-        try:
-            f = h5py.File(self.path, "r+", libver=layout.LIBVER)
-        except OSError as e:
-            raise UnrecoverableStoreError(
-                f"Cannot resume {self.path!r}: HDF5 cannot open it ({e}). Write it again with --overwrite."
-            ) from e
-        try:
-            problem = recovery.check_resumable_file(f, intact_bytes)
-        except (KeyError, ValueError, OSError) as e:
-            problem = f"its structure is damaged ({e})"
-        if problem:
-            f.close()
-            raise UnrecoverableStoreError(
-                f"Cannot resume {self.path!r}: {problem}. Write it again with --overwrite."
-            )
-        if any(ds.compression is not None for ds in f[layout.FEATURES].values()):
-            return self._rebuild(f)
-        return f
-
-    def _rebuild(self, old: h5py.File) -> h5py.File:
-        """Resume a compressed store by copying its committed rows into a fresh file.
-
-        Compressed chunks are allocated as they are written, so a killed writer can leave chunk
-        index entries (for uncommitted rows) pointing past the end HDF5 recorded; writing those
-        chunks again in place could free space that is in use. The committed chunks are copied
-        as stored bytes (each one decoded once, to check it), the rows of a last partial chunk
-        go back to the pending buffer, and the new file replaces the old one atomically.
-        """
-        try:
-            state = old[layout.STATE][:].astype(np.int64)
-            rows, failed = int(state[layout.S_ROWS]), int(state[layout.S_FAILED])
-            spec = {}
-            for key, ds in old[layout.FEATURES].items():
-                comp = None if ds.compression is None else (
-                    f"gzip:{ds.compression_opts}" if ds.compression == "gzip" else ds.compression
-                )  # fmt: skip
-                spec[key] = (ds.shape[1:], ds.dtype, ds.chunks[0], comp)
-            capacity = max(old[layout.LABELS].shape[0], 1)
-            names = [os.fsdecode(n) for n in old[layout.CLASS_NAMES][()]]
-            meta = recovery.read_meta(old, state)
-            pending: dict[str, np.ndarray] = {}
-            # rows in whole chunks of every compressed feature: what the new file holds on disk
-            whole = min(
-                [rows] + [rows // ds.chunks[0] * ds.chunks[0] for ds in old[layout.FEATURES].values() if ds.compression]
-            )
-
-            def fill(new: h5py.File) -> None:
-                for key, ds in old[layout.FEATURES].items():
-                    pending[key] = recovery.copy_committed_rows(ds, new[layout.FEATURES][key], rows)
-                for name in (layout.LABELS, layout.INDEX, layout.COPY):
-                    new[name][:rows] = old[name][:rows]
-                new[layout.FAILURE_INDEX][:failed] = old[layout.FAILURE_INDEX][:failed]
-                for name, n, slot in (
-                    (layout.PATHS, rows, layout.S_PATH_BYTES),
-                    (layout.FAILURE_PATHS, failed, layout.S_FPATH_BYTES),
-                    (layout.FAILURE_REASONS, failed, layout.S_FREASON_BYTES),
-                ):
-                    used = int(state[slot])
-                    new[name][layout.ENDS][:n] = old[name][layout.ENDS][:n]
-                    if used > new[name][layout.BYTES].shape[0]:
-                        new[name][layout.BYTES].resize(used, axis=0)
-                    new[name][layout.BYTES][:used] = old[name][layout.BYTES][:used]
-                new.flush()
-                state[layout.S_META_SLOT] = 0  # the new file holds the description in slot 0
-                state[layout.S_META_LEN] = len(_encode_meta(meta))
-                # The rows of a last partial chunk stay pending (in memory) until their chunk is
-                # written whole, so the new file may only publish rows that lie in written chunks,
-                # cut where no image has rows on both sides (whole batches: all copies of an image).
-                cut = recovery.safe_cut(old[layout.INDEX][:rows], whole)
-                disk = state.copy()
-                disk[layout.S_ROWS] = cut
-                if cut < rows:
-                    disk[layout.S_COMPLETE] = 0
-                    disk[layout.S_PATH_BYTES] = int(old[layout.PATHS][layout.ENDS][cut - 1]) if cut else 0
-                new[layout.STATE][:] = disk
-        except (KeyError, ValueError, OSError, RuntimeError) as e:
-            old.close()
-            raise UnrecoverableStoreError(
-                f"Cannot resume {self.path!r}: its committed rows cannot be read ({e}). "
-                "Write it again with --overwrite."
-            ) from e
-        try:
-            f = self._create(spec, capacity, names, meta, None, None, fill=fill)
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise
-            raise UnrecoverableStoreError(
-                f"Cannot resume {self.path!r}: its committed rows cannot be read ({e}). "
-                "Write it again with --overwrite."
-            ) from e
-        except (KeyError, ValueError, RuntimeError) as e:
-            raise UnrecoverableStoreError(
-                f"Cannot resume {self.path!r}: its committed rows cannot be read ({e}). "
-                "Write it again with --overwrite."
-            ) from e
-        finally:
-            old.close()
-        self._resumed_pending = pending
-        self._resumed_state = state  # the committed rows, some of them pending in memory
-        return f
 
     def _bind(self):
         f = self._file
@@ -445,9 +106,9 @@ class StoreWriter:
             self._state = resumed_state.copy()
         else:
             self._published = int(self._state[layout.S_ROWS])
-        self._paths = _Strings(f[layout.PATHS])
-        self._fail_paths = _Strings(f[layout.FAILURE_PATHS])
-        self._fail_reasons = _Strings(f[layout.FAILURE_REASONS])
+        self._paths = StringColumn(f[layout.PATHS])
+        self._fail_paths = StringColumn(f[layout.FAILURE_PATHS])
+        self._fail_reasons = StringColumn(f[layout.FAILURE_REASONS])
         self.rows = int(self._state[layout.S_ROWS])
         self.failed = int(self._state[layout.S_FAILED])
         # /state only ever publishes whole batches (an append call: an image's rows and all its
@@ -482,9 +143,9 @@ class StoreWriter:
         ``/meta_json`` and is switched to by the next ``/state`` write (done here, with a commit)."""
         meta = self.meta
         meta.update(items)
-        encoded = _encode_meta(meta)
+        encoded = encode_meta(meta)
         slot = 1 - int(self._state[layout.S_META_SLOT])
-        with _IOGuard(self):
+        with IOGuard(self):
             self._file[layout.META_JSON][slot, : len(encoded)] = np.frombuffer(encoded, np.uint8)
         self._state[layout.S_META_SLOT] = slot
         self._state[layout.S_META_LEN] = len(encoded)
@@ -552,7 +213,7 @@ class StoreWriter:
                     f"feature {key!r} must have shape {(n,) + self._features[key].shape[1:]} for {n} paths. "
                     f"Received: shape={shape}"
                 )
-        with _IOGuard(self):
+        with IOGuard(self):
             self._ensure_rows(stop)
             f = self._file
             for key in self.keys:
@@ -610,7 +271,7 @@ class StoreWriter:
                 f"Received: {n}, {len(paths)}, {len(reasons)} entries"
             )
         start, stop = self.failed, self.failed + n
-        with _IOGuard(self):
+        with IOGuard(self):
             self._ensure_rows(stop, failures=True)
             self._file[layout.FAILURE_INDEX][start:stop] = np.asarray(index, dtype=np.int64)
             self._used["fpaths"] = self._fail_paths.write(
@@ -623,7 +284,7 @@ class StoreWriter:
 
     def _publish(self, complete: bool = False, final: bool = False) -> None:
         if final:
-            with _IOGuard(self):
+            with IOGuard(self):
                 for key in self._compressed:
                     self._write_whole_chunks(key, self._pending[key][:0], final=True)
         rows = self._publishable_rows()
@@ -638,7 +299,7 @@ class StoreWriter:
         s[layout.S_FPATH_BYTES] = self._used["fpaths"]
         s[layout.S_FREASON_BYTES] = self._used["freasons"]
         s[layout.S_OVERFLOW] = self.overflow
-        with _IOGuard(self):
+        with IOGuard(self):
             self._file.flush()  # the rows first ...
             self._state_ds[:] = s
             self._file.flush()  # ... then the one small write that publishes them
@@ -676,7 +337,7 @@ class StoreWriter:
                     f.close()
             except (OSError, RuntimeError):  # an unflushable file: what was committed is already on disk
                 handles = (self._features, self._state_ds, self._paths, self._fail_paths, self._fail_reasons)
-                _UNCLOSABLE.append((f, handles))
+                UNCLOSABLE.append((f, handles))
             self._lock.release()
 
     def __enter__(self):
