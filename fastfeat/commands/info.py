@@ -1,8 +1,12 @@
-"""``fastfeat info OUT.h5``: what a store holds, how it is stored, whether it is complete."""
+"""``fastfeat info OUT.h5``: what a store holds, how it is stored, whether it is complete.
+
+``--verify`` also reads every chunk of every dataset and reports what is damaged (exit status 1).
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 
 
 def register_subparser(subparsers) -> None:
@@ -14,19 +18,49 @@ def register_subparser(subparsers) -> None:
     )
     p.add_argument("store", help="the .h5 store")
     p.add_argument("--json", action="store_true", help="print the facts as JSON")
+    p.add_argument(
+        "--verify", action="store_true",
+        help="also read every chunk of every dataset and report damage (layer, rows, reason); "
+        "exit status 1 if anything is damaged",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
+def _info(path: str) -> dict:
     import warnings
 
-    from ..store.inspect import format_info, store_info
+    from ..store.inspect import store_info
     from ..store.reader import IncompleteStoreWarning, open_store
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", IncompleteStoreWarning)  # info says it itself
-        store = open_store(args.store, allow_incomplete=True)
+        store = open_store(path, allow_incomplete=True)
     with store:
-        info = store_info(store)
-    print(json.dumps(info, indent=2, default=str) if args.json else format_info(info))
-    return 0
+        return store_info(store)
+
+
+def run(args) -> int:
+    from ..store.inspect import format_info
+
+    if not args.verify:
+        info = _info(args.store)
+        print(json.dumps(info, indent=2, default=str) if args.json else format_info(info))
+        return 0
+    from ..store.codecs import DamagedStoreError
+    from ..store.verify import verify_store
+
+    report = verify_store(args.store)
+    try:
+        info, error = _info(args.store), None
+    except (DamagedStoreError, ValueError, OSError) as e:  # the report says what is damaged
+        info, error = {"path": args.store}, str(e)
+    if args.json:
+        info = dict(info, verify=report.to_dict(), **({"error": error} if error else {}))
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        if error:
+            print(f"fastfeat: cannot describe {args.store!r}: {error}", file=sys.stderr)
+        else:
+            print(format_info(info))
+        print(report.format())
+    return 0 if report.ok else 1

@@ -3,11 +3,14 @@
 Importing this package never imports TensorFlow.
 """
 
+from .codecs import DamagedStoreError
 from .merge import merge_stores
 from .reader import FeatureStore, IncompleteStoreError, IncompleteStoreWarning, open_store
+from .verify import verify_store
 from .writer import StoreLockedError, StoreWriter, UnrecoverableStoreError
 
 __all__ = [
+    "DamagedStoreError",
     "FeatureStore",
     "IncompleteStoreError",
     "IncompleteStoreWarning",
@@ -16,4 +19,5 @@ __all__ = [
     "UnrecoverableStoreError",
     "merge_stores",
     "open_store",
+    "verify_store",
 ]

@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from .codecs import DamagedStoreError
 from .reader import open_store
 from .writer import StoreWriter
 
@@ -144,6 +145,8 @@ def _write(stores, output, overwrite, compression) -> dict:
     try:
         for store, mapping, base in zip(stores, maps, bases):
             labels = np.asarray(store.labels)
+            if labels.size and (labels.min() < -1 or labels.max() >= len(mapping)):
+                raise DamagedStoreError(f"labels outside -1..{len(mapping) - 1}", store.path, "labels")
             labels = np.where(labels >= 0, mapping[np.clip(labels, 0, None)] if len(mapping) else -1, -1)
             paths, index, copies = store.paths, np.asarray(store.index) + base, np.asarray(store.copies)
             views = {k: store.features(k) for k in store.layers}

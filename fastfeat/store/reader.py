@@ -18,9 +18,11 @@ import h5py
 import numpy as np
 
 from . import layout
+from .codecs import DamagedStoreError
 from .recovery import read_meta
 from .rows import rebase_parts, select_rows, split_rows
-from .views import map_features
+from .verify import read_checked_state
+from .views import map_features, read_rows
 
 
 class IncompleteStoreWarning(UserWarning):
@@ -31,26 +33,13 @@ class IncompleteStoreError(ValueError):
     """``open_store(..., allow_incomplete=False)`` on a store whose run did not finish."""
 
 
-def _read_state(path: str, ds: h5py.Dataset) -> np.ndarray:
-    """``/state`` read from the file itself (``pread``), never from an HDF5 cache."""
-    offset = ds.id.get_offset()
-    if offset is None:
-        return ds[:].astype(np.int64)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        raw = os.pread(fd, layout.STATE_SIZE * 8, offset)
-    finally:
-        os.close(fd)
-    return np.frombuffer(raw, dtype=ds.dtype).astype(np.int64)
-
-
 def _strings(group: h5py.Group, n: int, used: int) -> list[bytes]:
     if n == 0:
         return []
-    ends = group[layout.ENDS][:n].astype(np.int64)
-    if int(ends[-1]) != used:
-        raise ValueError(f"the string column {group.name} of this store is damaged")
-    blob = group[layout.BYTES][:used].tobytes()
+    ends = read_rows(group[layout.ENDS], n).astype(np.int64)
+    blob = read_rows(group[layout.BYTES], used).tobytes()
+    if int(ends[-1]) != used or len(blob) != used or ends[0] < 0 or np.any(np.diff(ends) < 0):
+        raise DamagedStoreError("the string offsets disagree with /state", group.file.filename, group.name.lstrip("/"))
     starts = np.concatenate([[0], ends[:-1]])
     return [blob[s:e] for s, e in zip(starts.tolist(), ends.tolist())]
 
@@ -92,17 +81,21 @@ class FeatureStore:
         if version is None or layout.STATE not in f:
             f.close()
             raise ValueError(f"{self.path!r} is not a fastfeat store (no {layout.ATTR_FORMAT!r} attribute).")
-        if int(version) != layout.FORMAT_VERSION:
+        if not isinstance(version, (int, np.integer)) or int(version) != layout.FORMAT_VERSION:
             f.close()
             raise ValueError(
-                f"{self.path!r} has store format {int(version)}; this fastfeat reads format "
+                f"{self.path!r} has store format {version!r}; this fastfeat reads format "
                 f"{layout.FORMAT_VERSION}. Write it again with this version."
             )
+        try:  # what the file claims is checked before anything relies on it
+            self._state = read_checked_state(f, self.path)
+            self.meta = read_meta(f, self._state)
+        except BaseException:
+            f.close()
+            raise
         self._file = f
-        self._state = _read_state(self.path, f[layout.STATE])
         self.rows = int(self._state[layout.S_ROWS])
         self.complete = bool(self._state[layout.S_COMPLETE])
-        self.meta = read_meta(f, self._state)
         if self._state[layout.S_OVERFLOW]:
             self.meta["float16_overflow"] = int(self._state[layout.S_OVERFLOW])
         self.layers = list(f[layout.FEATURES].keys())
@@ -174,14 +167,14 @@ class FeatureStore:
     @property
     def labels(self) -> np.ndarray:
         """(N,) int64 labels, -1 where unlabeled."""
-        return self._file[layout.LABELS][: self.rows]
+        return read_rows(self._file[layout.LABELS], self.rows)
 
     @property
     def index(self) -> np.ndarray:
         """(N,) int64 image identity of each row: its source image's position in the store's
         catalog (for a merged store, in the concatenation of its inputs' catalogs; see
         :mod:`fastfeat.store.rows`). The augmented copies of an image share it."""
-        index = self._file[layout.INDEX][: self.rows]
+        index = read_rows(self._file[layout.INDEX], self.rows)
         merged = self.meta.get("merged_rows")
         if merged and "merged_index_base" not in self.meta:  # merged by an earlier fastfeat: local positions
             return rebase_parts(index, merged)
@@ -190,12 +183,12 @@ class FeatureStore:
     @property
     def copies(self) -> np.ndarray:
         """(N,) int32: 0 for the image itself, k for augmented copy k."""
-        return self._file[layout.COPY][: self.rows]
+        return read_rows(self._file[layout.COPY], self.rows)
 
     @property
     def class_names(self) -> list[str]:
         """Class names, in label order (``os.fsdecode`` of the folder names)."""
-        return [os.fsdecode(s) for s in self._file[layout.CLASS_NAMES][()]]
+        return [os.fsdecode(s) for s in read_rows(self._file[layout.CLASS_NAMES])]
 
     @property
     def paths(self) -> list[str]:
@@ -214,7 +207,7 @@ class FeatureStore:
     @property
     def failure_index(self) -> np.ndarray:
         """Catalog positions of the files in :attr:`failures`."""
-        return self._file[layout.FAILURE_INDEX][: int(self._state[layout.S_FAILED])]
+        return read_rows(self._file[layout.FAILURE_INDEX], int(self._state[layout.S_FAILED]))
 
     @property
     def float16_overflow(self) -> int:

@@ -20,8 +20,14 @@ def read_meta(f: h5py.File, state: np.ndarray) -> dict:
     """The current run description: the ``/meta_json`` slot ``state`` points at."""
     slot, n = int(state[layout.S_META_SLOT]), int(state[layout.S_META_LEN])
     if not (0 <= slot <= 1 and 0 < n <= layout.META_BYTES):
-        raise ValueError(f"the meta record of this store is damaged (slot {slot}, {n} bytes)")
-    return json.loads(f[layout.META_JSON][slot, :n].tobytes().decode("utf-8"))
+        raise codecs.DamagedStoreError(f"the meta record is damaged (slot {slot}, {n} bytes)", f.filename, "meta_json")
+    try:
+        meta = json.loads(f[layout.META_JSON][slot, :n].tobytes().decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # invalid UTF-8 or JSON, or nested too deep
+        raise codecs.DamagedStoreError(f"the run description is not valid JSON ({e})", f.filename, "meta_json") from e
+    if not isinstance(meta, dict):
+        raise codecs.DamagedStoreError("the run description is not a JSON object", f.filename, "meta_json")
+    return meta
 
 
 def superblock_eoa(path: str) -> int | None:

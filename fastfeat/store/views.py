@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 
 from . import codecs
+from .codecs import DamagedStoreError, chunk_problems, chunk_table
 
 #: Decoded chunks kept per compressed view (sequential int/slice reads hit it).
 CACHE_BYTES = 64 * 1024 * 1024
@@ -62,10 +63,24 @@ def _split(item):
 
 
 class _RowArray:
-    """Shared NumPy-like surface: shape, dtype, len, ``__array__``, ``flat``."""
+    """Shared NumPy-like surface: shape, dtype, len, ``__array__``, ``reshape`` (subclasses
+    provide ``__getitem__`` and ``flat``)."""
 
     shape: tuple[int, ...]
     dtype: np.dtype
+    #: whether rows are zero-copy views of a memory map
+    mapped: bool = False
+
+    def flat(self):
+        raise NotImplementedError
+
+    def reshape(self, *shape):
+        """Only the flattening ``reshape(len(a), -1)`` is supported (it is free: see ``flat``)."""
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape
+        width = int(np.prod(self.shape[1:], dtype=np.int64))
+        if len(shape) == 2 and shape[0] in (self.shape[0], -1) and shape[1] in (width, -1):
+            return self.flat()
+        raise ValueError(f"only reshape(len(a), -1) is supported on a {type(self).__name__}. Received: shape={shape}")
 
     @property
     def ndim(self) -> int:
@@ -116,10 +131,6 @@ class ChunkedArray(_RowArray):
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
-    @property
-    def is_memmap(self) -> bool:
-        return self.mapped
-
     def _chunks(self, ids: list[int]) -> list[np.ndarray]:
         if self.workers > 1 and len(ids) > 1:
             with self._pool_lock:
@@ -165,14 +176,6 @@ class ChunkedArray(_RowArray):
         view._pool, view._pool_lock = self._pool, self._pool_lock
         return view
 
-    def reshape(self, *shape):
-        """Only the flattening ``reshape(len(a), -1)`` is supported (it is free)."""
-        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape
-        width = int(np.prod(self.shape[1:], dtype=np.int64))
-        if len(shape) == 2 and shape[0] in (self.shape[0], -1) and shape[1] in (width, -1):
-            return self.flat()
-        raise ValueError(f"only reshape(len(a), -1) is supported on a chunked view. Received: shape={shape}")
-
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
@@ -188,7 +191,6 @@ class RowSubset(_RowArray):
         self.rows = np.asarray(rows, np.int64)
         self.shape = (len(self.rows),) + tuple(base.shape[1:])
         self.dtype = np.dtype(base.dtype)
-        self.is_memmap = False
         self.mapped = bool(isinstance(base, np.memmap) or getattr(base, "mapped", False))
 
     def __getitem__(self, item):
@@ -206,22 +208,12 @@ class RowSubset(_RowArray):
         flat = base.reshape(len(base), -1) if isinstance(base, np.ndarray) else base.flat()
         return RowSubset(flat, self.rows)
 
-    def reshape(self, *shape):
-        """Only the flattening ``reshape(len(a), -1)`` is supported."""
-        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape
-        if len(shape) == 2 and shape[0] in (self.shape[0], -1) and shape[1] == -1:
-            return self.flat()
-        raise ValueError(f"only reshape(len(a), -1) is supported on this view. Received: shape={shape}")
-
 
 class H5Rows(_RowArray):
     """Rows of an HDF5 dataset read through h5py (layouts :func:`map_features` cannot map).
 
     With ``flat=True`` every row is returned flattened, as for ``reshape(len(a), -1)``.
     """
-
-    is_memmap = False
-    mapped = False
 
     def __init__(self, ds: h5py.Dataset, rows: int, flat: bool = False):
         self._ds = ds
@@ -232,17 +224,23 @@ class H5Rows(_RowArray):
         self.shape = (int(rows),) + row_shape
         self.dtype = ds.dtype
 
+    def _h5(self, sel, first: int, stop: int):
+        """``ds[sel]`` through h5py; a failing read becomes a :class:`DamagedStoreError` naming
+        the first chunk in rows ``[first, stop)`` that cannot be read."""
+        try:
+            return self._ds[sel]
+        except (OSError, RuntimeError) as e:
+            raise _locate_h5_damage(self._ds, first, stop, e) from e
+
     def _read(self, idx):
         if isinstance(idx, int):
-            data = self._ds[idx]
+            data = self._h5(idx, idx, idx + 1)
             return data.reshape(self.shape[1:]) if self._flat else data
         if idx.size == 0:
             return np.empty((0,) + self.shape[1:], self.dtype)
         unique, inverse = np.unique(idx, return_inverse=True)
-        if unique.size == unique[-1] - unique[0] + 1:
-            data = self._ds[int(unique[0]) : int(unique[-1]) + 1]
-        else:
-            data = self._ds[unique]
+        lo, hi = int(unique[0]), int(unique[-1]) + 1
+        data = self._h5(slice(lo, hi) if unique.size == hi - lo else unique, lo, hi)
         out = data[inverse.reshape(-1)]
         return out.reshape((idx.size,) + self.shape[1:]) if self._flat else out
 
@@ -257,28 +255,57 @@ class H5Rows(_RowArray):
         """The same rows as a (N, -1) array."""
         return H5Rows(self._ds, self.shape[0], flat=True)
 
-    def reshape(self, *shape):
-        """Only the flattening ``reshape(len(a), -1)`` is supported."""
-        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape
-        if len(shape) == 2 and shape[0] in (self.shape[0], -1) and shape[1] == -1:
-            return self.flat()
-        raise ValueError(f"only reshape(len(a), -1) is supported on this view. Received: shape={shape}")
+
+def _name(ds: h5py.Dataset) -> str:
+    return ds.name.lstrip("/")
 
 
-def chunk_table(ds: h5py.Dataset) -> dict[int, tuple[int, int, int]]:
-    """First row of each allocated chunk -> (byte offset, stored size, filter mask)."""
-    table: dict[int, tuple[int, int, int]] = {}
+def read_rows(ds: h5py.Dataset, stop: int | None = None) -> np.ndarray:
+    """``ds[:stop]`` (``ds[()]`` if ``stop`` is None) through h5py; a failing read raises a
+    :class:`DamagedStoreError` naming the file, the dataset and the first chunk it cannot read."""
+    try:
+        return ds[()] if stop is None else ds[:stop]
+    except (OSError, RuntimeError) as e:
+        if stop is None:
+            raise DamagedStoreError(f"HDF5 cannot read it ({e})", ds.file.filename, _name(ds)) from e
+        raise _locate_h5_damage(ds, 0, stop, e) from e
 
-    def visit(info):
-        if info.byte_offset is not None:
-            table[int(info.chunk_offset[0])] = (int(info.byte_offset), int(info.size), int(info.filter_mask))
 
-    ds.id.chunk_iter(visit)
-    return table
+def _locate_h5_damage(ds: h5py.Dataset, first: int, stop: int, error: BaseException) -> DamagedStoreError:
+    """The first chunk of ``ds`` in rows ``[first, stop)`` that HDF5 cannot read, as an error."""
+    path, name = ds.file.filename, _name(ds)
+    step = int(ds.chunks[0]) if ds.chunks else max(stop - first, 1)
+    a = first - first % step
+    while a < stop:
+        b = min(a + step, int(ds.shape[0]))
+        try:
+            ds[a:b]
+        except (OSError, RuntimeError) as e:
+            return DamagedStoreError(f"HDF5 cannot read it ({e})", path, name, (a, b))
+        a = b
+    return DamagedStoreError(f"HDF5 cannot read it ({error})", path, name, (first, stop))
+
+
+def _chunk_rows(i: int, chunk_rows: int, rows: int) -> tuple[int, int]:
+    return i * chunk_rows, min((i + 1) * chunk_rows, rows)
 
 
 def _file_map(path: str) -> np.memmap:
     return np.memmap(path, dtype=np.uint8, mode="r")
+
+
+def _fallback(ds: h5py.Dataset, rows: int, why: str):
+    """H5Rows for a layout not read here, unless HDF5 would have to decompress it: its filters
+    grow their output without a bound, so a crafted chunk could exhaust memory."""
+    dcpl = ds.id.get_create_plist()
+    filters = [dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters())]
+    if any(f not in codecs.NON_EXPANDING for f in filters):
+        raise DamagedStoreError(
+            f"it is compressed with {why} (filters {filters}, chunks {ds.chunks}, dtype {ds.dtype}), a layout "
+            "fastfeat does not write and will not decompress through HDF5 (its memory use has no bound)",
+            ds.file.filename, _name(ds),
+        )  # fmt: skip
+    return H5Rows(ds, rows)
 
 
 def map_features(path: str, ds: h5py.Dataset, rows: int, workers: int | None = None):
@@ -289,64 +316,95 @@ def map_features(path: str, ds: h5py.Dataset, rows: int, workers: int | None = N
         ds: the feature dataset, (N, ...) chunked along axis 0 only (or contiguous).
         rows: the committed rows to expose.
         workers: decompression threads for compressed data (default: up to 4, one per core).
+
+    Raises:
+        DamagedStoreError: ``rows`` exceeds the dataset, its data or chunk index point outside
+            the file, or it is compressed in a layout that is not decoded here. Damaged chunks
+            raise when they are read.
     """
+    name = _name(ds)
+    if not 0 <= rows <= ds.shape[0]:
+        raise DamagedStoreError(f"{rows} rows are committed but the dataset holds {ds.shape[0]}", path, name)
     row_shape = tuple(ds.shape[1:])
     dtype = ds.dtype
-    if dtype.kind not in "fiub" or dtype.byteorder not in "=|" + ("<" if np.little_endian else ">"):
-        return H5Rows(ds, rows)
+    native = dtype.kind in "fiub" and dtype.byteorder in "=|" + ("<" if np.little_endian else ">")
     shape = (rows,) + row_shape
-    if rows == 0:
-        return np.zeros(shape, dtype)
-    if ds.chunks is None:
+    row_bytes = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
+    file_size = os.path.getsize(path)
+    if ds.chunks is None:  # contiguous: never filtered
+        if not native:
+            return H5Rows(ds, rows)
+        if rows == 0:
+            return np.zeros(shape, dtype)
         offset = ds.id.get_offset()
         if offset is None:
             return H5Rows(ds, rows)
+        if offset + rows * row_bytes > file_size:
+            raise DamagedStoreError("its data lie past the end of the file", path, name, (0, rows))
         return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+    nfilters = ds.id.get_create_plist().get_nfilters()
+    filters = codecs.filter_pipeline(ds) if nfilters else None
+    if (not native and filters is None) or dtype.hasobject:
+        return _fallback(ds, rows, "an element type read through HDF5")
+    if rows == 0:
+        return np.zeros(shape, dtype)
     if tuple(ds.chunks[1:]) != row_shape:
-        return H5Rows(ds, rows)
+        return _fallback(ds, rows, "chunks that split rows")
     cr = int(ds.chunks[0])
-    row_bytes = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
     chunk_bytes = cr * row_bytes
     n_chunks = -(-rows // cr)
     table = chunk_table(ds)
     entries = [table.get(i * cr) for i in range(n_chunks)]
-    if any(e is None for e in entries):
-        return H5Rows(ds, rows)  # unallocated chunks (fill values): let HDF5 say what they hold
-    if ds.compression is None and not ds.id.get_create_plist().get_nfilters():
-        if all(size == chunk_bytes and mask == 0 for _, size, mask in entries):
-            start = entries[0][0]
-            if all(off == start + i * chunk_bytes for i, (off, _, _) in enumerate(entries)):
-                return np.memmap(path, dtype=dtype, mode="r", offset=start, shape=shape)
-            whole = _file_map(path)
-            offsets = [off for off, _, _ in entries]
+    if not nfilters:
+        if any(e is None for e in entries):
+            return H5Rows(ds, rows)  # unallocated chunks (fill values): let HDF5 say what they hold
+        problems = chunk_problems(entries, chunk_bytes, file_size)
+        for i, (_, size, mask) in enumerate(entries):
+            if (size != chunk_bytes or mask) and i not in problems:  # HDF5 stores unfiltered chunks whole
+                problems[i] = f"the chunk index gives {size} bytes (mask {mask}) for {chunk_bytes} unfiltered bytes"
+        start = entries[0][0]
+        if not problems and all(off == start + i * chunk_bytes for i, (off, _, _) in enumerate(entries)):
+            return np.memmap(path, dtype=dtype, mode="r", offset=start, shape=shape)
+        whole = _file_map(path)
+        offsets = [off for off, _, _ in entries]
 
-            def mapped_chunk(i):
-                return whole[offsets[i] : offsets[i] + chunk_bytes].view(dtype).reshape((cr,) + row_shape)
+        def mapped_chunk(i):
+            if i in problems:
+                raise DamagedStoreError(problems[i], path, name, _chunk_rows(i, cr, rows))
+            return whole[offsets[i] : offsets[i] + chunk_bytes].view(dtype).reshape((cr,) + row_shape)
 
-            return ChunkedArray(shape, dtype, cr, mapped_chunk, mapped=True)
-        return H5Rows(ds, rows)
-    filters = codecs.filter_pipeline(ds)
+        return ChunkedArray(shape, dtype, cr, mapped_chunk, mapped=True)
     if filters is None:
-        return H5Rows(ds, rows)
-    return ChunkedArray(
-        shape, dtype, cr, _CompressedChunks(path, entries, filters, cr, row_shape, dtype), mapped=False,
-        workers=workers if workers is not None else min(4, os.cpu_count() or 1),
-    )  # fmt: skip
+        return _fallback(ds, rows, "filters not decoded here")
+    chunks = _CompressedChunks(path, name, entries, filters, cr, row_shape, dtype, rows, file_size)
+    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    return ChunkedArray(shape, dtype, cr, chunks, mapped=False, workers=workers)
 
 
 class _CompressedChunks:
-    """Reads and decodes compressed chunk ``i`` (thread-safe; keeps a few decoded chunks)."""
+    """Reads and decodes compressed chunk ``i`` (thread-safe; keeps a few decoded chunks).
 
-    def __init__(self, path, entries, filters, chunk_rows, row_shape, dtype):
-        self._fd = os.open(path, os.O_RDONLY)
+    Each chunk's index entry is checked before a byte is read, and a chunk that does not decode
+    to exactly its declared size raises :class:`DamagedStoreError` naming the file, the dataset
+    and the chunk's rows.
+    """
+
+    def __init__(self, path, name, entries, filters, chunk_rows, row_shape, dtype, rows, file_size):
+        self._path, self._name, self._rows = path, name, int(rows)
         self._entries = entries
         self._filters = filters
+        self._chunk_rows = int(chunk_rows)
         self._shape = (chunk_rows,) + tuple(row_shape)
         self._dtype = np.dtype(dtype)
         self._nbytes = int(np.prod(self._shape, dtype=np.int64)) * self._dtype.itemsize
+        self._problems = chunk_problems(entries, self._nbytes, file_size)
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._keep = max(2, CACHE_BYTES // max(self._nbytes, 1))
         self._lock = threading.Lock()
+        self._fd = os.open(path, os.O_RDONLY)
+
+    def _damaged(self, i: int, reason: str) -> DamagedStoreError:
+        return DamagedStoreError(reason, self._path, self._name, _chunk_rows(i, self._chunk_rows, self._rows))
 
     def __call__(self, i: int) -> np.ndarray:
         with self._lock:
@@ -354,9 +412,16 @@ class _CompressedChunks:
             if hit is not None:
                 self._cache.move_to_end(i)
                 return hit
+        if i in self._problems:
+            raise self._damaged(i, self._problems[i])
         offset, size, mask = self._entries[i]
         raw = os.pread(self._fd, size, offset)
-        data = codecs.decode_chunk(raw, self._filters, mask, self._nbytes, self._dtype.itemsize)
+        if len(raw) != size:
+            raise self._damaged(i, f"the file ends inside the chunk ({len(raw)} of {size} bytes)")
+        try:
+            data = codecs.decode_chunk(raw, self._filters, mask, self._nbytes, self._dtype.itemsize)
+        except DamagedStoreError as e:
+            raise self._damaged(i, e.reason) from None
         chunk = data.view(self._dtype).reshape(self._shape)
         chunk.flags.writeable = False
         with self._lock:
