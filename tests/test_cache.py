@@ -141,6 +141,27 @@ def test_update_decodes_only_changed_and_added_files(source, tmp_path):
     assert rows.row_of[catalog.paths.index(os.path.join("a", "junk.png"))] == -1
 
 
+def test_an_update_that_dies_leaves_the_old_cache(source, tmp_path, monkeypatch):
+    out = str(tmp_path / "c.h5")
+    build_cache(source, out, SIZE)
+    with open_cache(out) as cache:
+        before = cache.read(np.arange(cache.rows))
+    _write(os.path.join(source, "a", "img_0.png"), 1234)
+
+    def dies(self, position, out=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Loader, "load", dies)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(source, out, SIZE, update=True)
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["c.h5", "src"]
+    with open_cache(out) as cache:
+        np.testing.assert_array_equal(cache.read(np.arange(cache.rows)), before)
+    with pytest.raises(StaleCacheError, match=r"1 changed \(a/img_0\.png\)"):
+        ensure_cache(out, build_catalog(source), DecodeOptions(SIZE))
+
+
 def test_a_file_changed_after_the_check_is_decoded_not_served_stale(source, tmp_path):
     out = str(tmp_path / "c.h5")
     build_cache(source, out, SIZE)

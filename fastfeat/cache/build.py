@@ -217,8 +217,9 @@ def write_cache(catalog: Catalog, options: DecodeOptions, output: str, mode: str
                 bar.update(len(batch))
     except BaseException:
         writer.close(complete=False)
-        if previous is not None:
+        if previous is not None:  # an update that dies leaves the old cache as it was
             previous.close()
+            os.unlink(target)
             lock.release()
         raise
     writer.close(complete=True)
