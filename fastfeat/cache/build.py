@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import checks
 from ..catalog import IMAGE_EXTENSIONS, Catalog, build_catalog
 from ..decode import DEFAULT_MAX_PIXELS
 from ..loader import DecodeOptions, Loader, default_ahead, keep_large_allocations, ordered_map, pipeline_threads
@@ -93,17 +94,14 @@ def build_cache(
         FileExistsError: ``output`` exists and none of ``overwrite``, ``resume``, ``update`` was given.
         StaleCacheError: ``resume``/``update`` of a cache built with other decode settings.
     """
-    from ..models import normalize_size  # no TensorFlow: the registry is plain data
-
     if sum(bool(v) for v in (overwrite, resume, update)) > 1:
         raise ValueError("`overwrite`, `resume` and `update` exclude each other. "
                          f"Received: overwrite={overwrite!r}, resume={resume!r}, update={update!r}")  # fmt: skip
-    if isinstance(image_size, bool) or image_size is None:
-        raise ValueError(f"`image_size` must be an int or (height, width). Received: image_size={image_size!r}")
-    options = DecodeOptions(normalize_size(image_size), interpolation, exif, reduced_decode, max_pixels)
-    if threads is not None and (isinstance(threads, bool) or int(threads) < 1):
-        raise ValueError(f"`threads` must be a positive int or None. Received: threads={threads!r}")
+    options = DecodeOptions(checks.image_size(image_size, allow_none=False), interpolation, exif, reduced_decode,
+                            max_pixels)  # fmt: skip
+    checks.positive_int(threads, "threads", allow_none=True)
     output = os.fspath(output)
+    checks.output_dir(output)
     exists = os.path.exists(output)
     if exists and not (overwrite or resume or update):
         raise FileExistsError(f"{output!r} exists. Pass overwrite=True (--overwrite) to replace it, resume=True "
@@ -138,7 +136,7 @@ def _meta(catalog: Catalog, options: DecodeOptions) -> dict:
     from .._version import __version__
 
     return {"kind": layout.KIND, "cache_format": layout.CACHE_FORMAT, **layout.settings_of(options),
-            "source": catalog.root, "catalog_size": len(catalog), "catalog_sha256": layout.catalog_sha256(catalog),
+            "source": catalog.root, "catalog_size": len(catalog), "catalog_sha256": catalog.fingerprint(),
             "class_names": list(catalog.class_names), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "fastfeat": __version__}  # fmt: skip
 

@@ -14,7 +14,6 @@ Files that could not be read have no row, only a failure entry; readers decode t
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import numpy as np
@@ -69,12 +68,3 @@ def fingerprints(paths: list[str]) -> np.ndarray:
     for i, path in enumerate(paths):
         out[i] = fingerprint(path)
     return out
-
-
-def catalog_sha256(catalog) -> str:
-    """sha256 of the catalog's paths and labels, in order: a resumed build must see the same files."""
-    digest = hashlib.sha256()
-    for path in catalog.paths:
-        digest.update(os.fsencode(path) + b"\0")
-    digest.update(np.ascontiguousarray(catalog.labels, dtype=np.int64).tobytes())
-    return digest.hexdigest()
