@@ -373,7 +373,6 @@ record(store="", op="maxrss_kb", result="ok", value=resource.getrusage(resource.
 """
 
 
-
 def clean_error(r) -> bool:
     """A reader's error on a damaged store: DamagedStoreError, or HDF5 refusing to open the file."""
     return r["type"] == "DamagedStoreError" or (r["type"] == "OSError" and "not a readable HDF5 file" in r["msg"])
@@ -490,3 +489,45 @@ def test_verify_store_reports_and_clean_stores_pass(tmp_path):
         verify_store(tmp_path / "missing.h5")
     with pytest.raises(ValueError, match="Received: workers=0"):
         verify_store(clean, workers=0)
+
+
+def test_info_verify_command(tmp_path, capsys):
+    from fastfeat.cli import main
+
+    clean = str(write_store(tmp_path / "c.h5", n=N, chunk_rows=CHUNK_ROWS, compression="lzf"))
+    assert main(["info", "--verify", clean]) == 0
+    out = capsys.readouterr().out
+    assert "rows:         30" in out and "verified, no damage" in out
+    bad = str(tmp_path / "b.h5")
+    craft(clean, bad, "bomb", "lzf")
+    assert main(["info", "--verify", bad]) == 1
+    assert "DAMAGED (1 problem" in capsys.readouterr().out
+    assert main(["info", "--verify", "--json", bad]) == 1
+    report = json.loads(capsys.readouterr().out)["verify"]
+    assert not report["ok"] and report["damage"][0]["dataset"] == "features/conv"
+    assert report["damage"][0]["rows"] == [8, 12]
+    unopenable = str(tmp_path / "s.h5")
+    craft(clean, unopenable, "state_rows_more", "lzf")
+    assert main(["info", "--verify", unopenable]) == 1
+    captured = capsys.readouterr()
+    assert "cannot describe" in captured.err and "/state claims 40" in captured.out
+    assert main(["info", unopenable]) == 2  # plain info: the clean error, exit status 2
+    assert "damaged store" in capsys.readouterr().err
+
+
+def test_views_share_one_reshape(tmp_path):
+    from fastfeat.store.views import H5Rows, RowSubset
+
+    path = write_store(tmp_path / "r.h5", n=12, chunk_rows=CHUNK_ROWS, compression="lzf")
+    data = rows_of(range(12))
+    with open_store(path) as s, h5py.File(path, "r", locking=False) as f:
+        chunked = s.features("conv")
+        views = [chunked, RowSubset(chunked, np.arange(12)), H5Rows(f["features/conv"], 12)]
+        width = int(np.prod(SHAPE))
+        for v in views:
+            for shape in ((12, -1), (-1, width), ((12, width),)):
+                flat = v.reshape(*shape)
+                assert flat.shape == (12, width) and np.array_equal(flat[[3, 1]], data[[3, 1]].reshape(2, -1))
+            with pytest.raises(ValueError, match=r"only reshape\(len\(a\), -1\).*Received: shape=\(6, -1\)"):
+                v.reshape(6, -1)
+            assert not hasattr(v, "is_memmap")
