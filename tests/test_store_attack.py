@@ -531,3 +531,17 @@ def test_views_share_one_reshape(tmp_path):
             with pytest.raises(ValueError, match=r"only reshape\(len\(a\), -1\).*Received: shape=\(6, -1\)"):
                 v.reshape(6, -1)
             assert not hasattr(v, "is_memmap")
+
+
+@pytest.mark.parametrize("attack", ["labels_compressed", "features_foreign_filter", "meta_nested"])
+def test_resume_refuses_crafted_layouts(tmp_path, attack):
+    from fastfeat.store import StoreWriter, UnrecoverableStoreError
+
+    clean = str(write_store(tmp_path / "c.h5", n=N, chunk_rows=CHUNK_ROWS, compression="gzip:4", complete=False))
+    bad = str(tmp_path / "b.h5")
+    craft(clean, bad, attack, "gzip:4")
+    before = _read(bad)
+    with pytest.raises(UnrecoverableStoreError, match="Cannot resume"):
+        StoreWriter(bad, {"conv": (SHAPE, "float32"), "conv:avg": ((SHAPE[-1],), "float16")}, N, ["a", "b"], {},
+                    mode="resume", compression="gzip:4")  # fmt: skip
+    assert _read(bad) == before  # examined read-only

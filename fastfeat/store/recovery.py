@@ -159,6 +159,11 @@ def check_resumable_file(f: h5py.File, intact_bytes: int | None = None) -> str |
         return f"it is not a fastfeat store of format {layout.FORMAT_VERSION}"
     if layout.STATE not in f or f[layout.STATE].shape != (layout.STATE_SIZE,):
         return "it has no valid /state"
+    from .verify import layout_problems  # imported here: verify imports this module
+
+    problems = layout_problems(f)
+    if problems:
+        return f"its layout is not what fastfeat writes ({problems[0]})"
     state = f[layout.STATE][:]
     rows, failed = int(state[layout.S_ROWS]), int(state[layout.S_FAILED])
     try:
@@ -192,6 +197,8 @@ def check_resumable_file(f: h5py.File, intact_bytes: int | None = None) -> str |
             if not _in_file(ds, size):
                 return f"features {key!r} lie past the end of the file"
             continue
+        if codecs.filter_pipeline(ds) is None:  # HDF5 would inflate them with no memory bound
+            return f"features {key!r} use filters fastfeat does not decode"
         # compressed chunks are allocated as they are written: every committed one must exist
         needed = -(-rows // ds.chunks[0])
         seen = []
