@@ -320,6 +320,17 @@ def decide_precision(
     t0 = clock()
     reference = _to_numpy(reference_fn(probe))  # traces: the run needs this call anyway
     warm = clock() - t0
+    if budget * rows_total * warm / n < build_seconds and not remeasure:
+        # even the most generous estimate of the job (the traced call's time per image) cannot pay for
+        # building a candidate: keep float32 without timing anything
+        result.estimated_job_seconds = rows_total * warm / n
+        for precision in candidates[1:]:
+            result.rejected[precision] = (
+                f"not measured: the job (< {result.estimated_job_seconds:.0f} s in float32) is too short to pay "
+                f"for measuring (> {build_seconds:.1f} s)"
+            )
+        result.source, result.reason = "skipped", "float32 kept: " + result.rejected[candidates[1]]
+        return result
     t0 = clock()
     _to_numpy(reference_fn(probe))
     t32 = [clock() - t0]

@@ -107,6 +107,15 @@ def test_a_short_job_keeps_float32_without_measuring():
     assert choice.estimated_job_seconds == pytest.approx(40 * 0.03)
 
 
+def test_a_tiny_job_is_not_even_timed():
+    behaviour = {"float32": (0.03, 1.0, False), "mixed_bfloat16": (0.01, 1.0, False)}
+    clock, built = FakeClock(), []
+    choice = A.decide_precision(fake_builder(clock, behaviour, built), PROBE, ["mixed_bfloat16"], 10,
+                                build_seconds=5.0, clock=clock)  # fmt: skip
+    assert choice.source == "skipped" and built == ["float32"]
+    assert clock.t == pytest.approx(0.5 + 0.03 * len(PROBE))  # the tracing call alone, which the run needs anyway
+
+
 def test_measuring_costs_at_most_the_budget():
     behaviour = {"float32": (0.03, 1.0, False), "mixed_bfloat16": (0.029, 1.0, False)}  # close: more rounds
     rows = 4_000  # 120 s of float32 work: 6 s to spend
