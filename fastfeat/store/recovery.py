@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 
 import h5py
 import numpy as np
 
 from . import codecs, layout
+from .verify import layout_problems, read_meta
 
 
 class UnrecoverableStoreError(RuntimeError):
     """A store cannot be resumed (damaged, or not a fastfeat store); it must be written again."""
-
-
-def read_meta(f: h5py.File, state: np.ndarray) -> dict:
-    """The current run description: the ``/meta_json`` slot ``state`` points at."""
-    slot, n = int(state[layout.S_META_SLOT]), int(state[layout.S_META_LEN])
-    if not (0 <= slot <= 1 and 0 < n <= layout.META_BYTES):
-        raise codecs.DamagedStoreError(f"the meta record is damaged (slot {slot}, {n} bytes)", f.filename, "meta_json")
-    try:
-        meta = json.loads(f[layout.META_JSON][slot, :n].tobytes().decode("utf-8"))
-    except (ValueError, RecursionError) as e:  # invalid UTF-8 or JSON, or nested too deep
-        raise codecs.DamagedStoreError(f"the run description is not valid JSON ({e})", f.filename, "meta_json") from e
-    if not isinstance(meta, dict):
-        raise codecs.DamagedStoreError("the run description is not a JSON object", f.filename, "meta_json")
-    return meta
 
 
 def superblock_eoa(path: str) -> int | None:
@@ -159,8 +145,6 @@ def check_resumable_file(f: h5py.File, intact_bytes: int | None = None) -> str |
         return f"it is not a fastfeat store of format {layout.FORMAT_VERSION}"
     if layout.STATE not in f or f[layout.STATE].shape != (layout.STATE_SIZE,):
         return "it has no valid /state"
-    from .verify import layout_problems  # imported here: verify imports this module
-
     problems = layout_problems(f)
     if problems:
         return f"its layout is not what fastfeat writes ({problems[0]})"

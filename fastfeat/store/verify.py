@@ -10,6 +10,7 @@ of every dataset and reports each damaged one. This module never imports TensorF
 
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,7 +20,6 @@ import numpy as np
 
 from . import codecs, layout
 from .codecs import DamagedStoreError
-from .recovery import read_meta
 
 #: Datasets beside the features: name -> (dtype kinds, what counts their used length).
 AUX = {
@@ -131,6 +131,20 @@ def layout_problems(f: h5py.File) -> list[Damage]:
             if ds is None or ds.ndim < 1:
                 out.append(Damage(f"{layout.FEATURES}/{key}", None, "not an array dataset"))
     return out
+
+
+def read_meta(f: h5py.File, state: np.ndarray) -> dict:
+    """The current run description: the ``/meta_json`` slot ``state`` points at."""
+    slot, n = int(state[layout.S_META_SLOT]), int(state[layout.S_META_LEN])
+    if not (0 <= slot <= 1 and 0 < n <= layout.META_BYTES):
+        raise DamagedStoreError(f"the meta record is damaged (slot {slot}, {n} bytes)", f.filename, "meta_json")
+    try:
+        meta = json.loads(f[layout.META_JSON][slot, :n].tobytes().decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # invalid UTF-8 or JSON, or nested too deep
+        raise DamagedStoreError(f"the run description is not valid JSON ({e})", f.filename, "meta_json") from e
+    if not isinstance(meta, dict):
+        raise DamagedStoreError("the run description is not a JSON object", f.filename, "meta_json")
+    return meta
 
 
 def read_state(f: h5py.File, path: str) -> np.ndarray:
