@@ -291,65 +291,73 @@ def verify_store(path: str | os.PathLike, workers: int | None = None) -> VerifyR
         report.damage.append(Damage("file", None, f"HDF5 cannot open it ({e})"))
         return report
     with f:
-        if f.attrs.get(layout.ATTR_FORMAT) is None:
-            report.damage.append(Damage("file", None, f"not a fastfeat store (no {layout.ATTR_FORMAT!r} attribute)"))
-            return report
-        report.damage.extend(layout_problems(f))
-        if report.damage:
-            return report
         try:
-            state = read_state(f, path)
-        except DamagedStoreError as e:
-            report.damage.append(Damage(layout.STATE, None, e.reason))
-            return report
-        problems = state_problems(f, state, os.path.getsize(path))
-        report.damage.extend(problems)
-        if problems:  # check what the datasets hold, as far as they go
-            state = state.copy()
-            held = {slot: [f[n].shape[0] for n, (_, s) in AUX.items() if s == slot] for _, slot in AUX.values()}
-            held[layout.S_ROWS] += [d.shape[0] for d in f[layout.FEATURES].values()]
-            for slot, sizes in held.items():
-                state[slot] = min(max(0, int(state[slot])), min(sizes))
-        rows, failed = max(0, int(state[layout.S_ROWS])), max(0, int(state[layout.S_FAILED]))
-        report.rows = rows
-        try:
-            meta = read_meta(f, state)
-            if not isinstance(meta, dict):
-                report.damage.append(Damage(layout.META_JSON, None, "the run description is not a JSON object"))
-        except (ValueError, OSError, RuntimeError) as e:
-            report.damage.append(Damage(layout.META_JSON, None, getattr(e, "reason", str(e))))
-        n_classes = None
-        try:
-            n_classes = len(f[layout.CLASS_NAMES][()])
-        except (OSError, RuntimeError, ValueError) as e:
-            report.damage.append(Damage(layout.CLASS_NAMES, None, f"HDF5 cannot read it ({e})"))
-        for key, ds in f[layout.FEATURES].items():
-            _verify_features(report, path, key, ds, min(rows, ds.shape[0]), workers)
-
-        def labels_check(block, first):
-            if n_classes is None:
-                return None
-            bad = np.flatnonzero((block < -1) | (block >= n_classes))
-            if not bad.size:
-                return None
-            return f"row {first + int(bad[0])}: label {int(block[bad[0]])} not in -1..{n_classes - 1}"
-
-        def non_negative(block, first):
-            bad = np.flatnonzero(block < 0)
-            return f"row {first + int(bad[0])}: negative value {int(block[bad[0]])}" if bad.size else None
-
-        _read_blocks(report, layout.LABELS, f[layout.LABELS], rows, labels_check)
-        _read_blocks(report, layout.INDEX, f[layout.INDEX], rows, non_negative)
-        _read_blocks(report, layout.COPY, f[layout.COPY], rows, non_negative)
-        _read_blocks(report, layout.FAILURE_INDEX, f[layout.FAILURE_INDEX], failed, non_negative)
-        for group, (count_slot, bytes_slot) in STRINGS.items():
-            n, used = (rows if count_slot == layout.S_ROWS else failed), int(state[bytes_slot])
-            ends_name, bytes_name = f"{group}/{layout.ENDS}", f"{group}/{layout.BYTES}"
-            ends, blob = f[ends_name], f[bytes_name]
-            _read_blocks(report, ends_name, ends, n, _string_check(used))
-            if n and not any(d.dataset == ends_name for d in report.damage):
-                last = int(ends[n - 1])
-                if last != used:
-                    report.damage.append(Damage(ends_name, (n - 1, n), f"ends at byte {last}; /state says {used}"))
-            _read_blocks(report, bytes_name, blob, min(used, blob.shape[0]))
+            _verify_file(report, f, path, workers)
+        except (OSError, RuntimeError, KeyError) as e:  # HDF5 metadata that cannot be walked
+            report.damage.append(Damage("file", None, f"HDF5 cannot read its structure ({e})"))
     return report
+
+
+def _verify_file(report: VerifyReport, f: h5py.File, path: str, workers: int) -> None:
+    if f.attrs.get(layout.ATTR_FORMAT) is None:
+        report.damage.append(Damage("file", None, f"not a fastfeat store (no {layout.ATTR_FORMAT!r} attribute)"))
+        return
+    report.damage.extend(layout_problems(f))
+    if report.damage:
+        return
+    try:
+        state = read_state(f, path)
+    except DamagedStoreError as e:
+        report.damage.append(Damage(layout.STATE, None, e.reason))
+        return
+    problems = state_problems(f, state, os.path.getsize(path))
+    report.damage.extend(problems)
+    if problems:  # check what the datasets hold, as far as they go
+        state = state.copy()
+        held = {slot: [f[n].shape[0] for n, (_, s) in AUX.items() if s == slot] for _, slot in AUX.values()}
+        held[layout.S_ROWS] += [d.shape[0] for d in f[layout.FEATURES].values()]
+        for slot, sizes in held.items():
+            state[slot] = min(max(0, int(state[slot])), min(sizes))
+    rows = report.rows = int(state[layout.S_ROWS])
+    try:
+        read_meta(f, state)
+    except DamagedStoreError as e:
+        report.damage.append(Damage(layout.META_JSON, None, e.reason))
+    n_classes = None
+    try:
+        n_classes = len(f[layout.CLASS_NAMES][()])
+    except (OSError, RuntimeError, ValueError) as e:
+        report.damage.append(Damage(layout.CLASS_NAMES, None, f"HDF5 cannot read it ({e})"))
+    for key, ds in f[layout.FEATURES].items():
+        _verify_features(report, path, key, ds, min(rows, ds.shape[0]), workers)
+    _verify_columns(report, f, state, n_classes)
+
+
+def _verify_columns(report: VerifyReport, f: h5py.File, state: np.ndarray, n_classes: int | None) -> None:
+    """Labels, index, copies, failures and the string columns, against ``state``."""
+    rows, failed = int(state[layout.S_ROWS]), int(state[layout.S_FAILED])
+
+    def labels_check(block, first):
+        bad = np.flatnonzero((block < -1) | (block >= n_classes)) if n_classes is not None else []
+        if not len(bad):
+            return None
+        return f"row {first + int(bad[0])}: label {int(block[bad[0]])} not in -1..{n_classes - 1}"
+
+    def non_negative(block, first):
+        bad = np.flatnonzero(block < 0)
+        return f"row {first + int(bad[0])}: negative value {int(block[bad[0]])}" if bad.size else None
+
+    _read_blocks(report, layout.LABELS, f[layout.LABELS], rows, labels_check)
+    _read_blocks(report, layout.INDEX, f[layout.INDEX], rows, non_negative)
+    _read_blocks(report, layout.COPY, f[layout.COPY], rows, non_negative)
+    _read_blocks(report, layout.FAILURE_INDEX, f[layout.FAILURE_INDEX], failed, non_negative)
+    for group, (count_slot, bytes_slot) in STRINGS.items():
+        n, used = (rows if count_slot == layout.S_ROWS else failed), int(state[bytes_slot])
+        ends_name, bytes_name = f"{group}/{layout.ENDS}", f"{group}/{layout.BYTES}"
+        ends, blob = f[ends_name], f[bytes_name]
+        _read_blocks(report, ends_name, ends, n, _string_check(used))
+        if n and not any(d.dataset == ends_name for d in report.damage):
+            last = int(ends[n - 1])
+            if last != used:
+                report.damage.append(Damage(ends_name, (n - 1, n), f"ends at byte {last}; /state says {used}"))
+        _read_blocks(report, bytes_name, blob, min(used, blob.shape[0]))
