@@ -304,6 +304,7 @@ def test_max_pixels_is_configurable():
 _MEMORY_SCRIPT = textwrap.dedent(
     """
     import json, sys
+    import cv2  # imported by the first decode: load it before measuring
     import numpy as np
     from fastfeat.decode import decode_image, DecodeError
 
