@@ -545,3 +545,14 @@ def test_resume_refuses_crafted_layouts(tmp_path, attack):
         StoreWriter(bad, {"conv": (SHAPE, "float32"), "conv:avg": ((SHAPE[-1],), "float16")}, N, ["a", "b"], {},
                     mode="resume", compression="gzip:4")  # fmt: skip
     assert _read(bad) == before  # examined read-only
+
+
+def test_damaged_store_error_names_the_place_and_pickles():
+    import pickle
+
+    e = DamagedStoreError("bad bytes", "/x/s.h5", "features/conv", (8, 12))
+    assert str(e) == "damaged store '/x/s.h5', dataset 'features/conv', rows 8..11: bad bytes"
+    assert str(DamagedStoreError("bad", "/x/s.h5", "labels", (3, 4))).endswith("'labels', row 3: bad")
+    assert str(DamagedStoreError("bad")) == "damaged store: bad" and isinstance(e, ValueError)
+    back = pickle.loads(pickle.dumps(e))
+    assert (str(back), back.path, back.dataset, back.rows, back.reason) == (str(e), e.path, e.dataset, e.rows, e.reason)

@@ -47,18 +47,13 @@ class DamagedStoreError(ValueError):
         if dataset is not None:
             where.append(f"dataset {dataset!r}")
         if self.rows is not None:
-            where.append(f"rows {self.rows[0]}..{self.rows[1] - 1}")
+            first, last = self.rows[0], self.rows[1] - 1
+            where.append(f"row {first}" if first == last else f"rows {first}..{last}")
         prefix = "damaged store " + ", ".join(where) + ": " if where else "damaged store: "
         super().__init__(prefix + self.reason)
 
-    def at(self, path: str | None = None, dataset: str | None = None, rows=None) -> DamagedStoreError:
-        """The same damage with its location filled in (what is already known is kept)."""
-        return DamagedStoreError(
-            self.reason,
-            self.path if self.path is not None else path,
-            self.dataset if self.dataset is not None else dataset,
-            self.rows if self.rows is not None else rows,
-        )
+    def __reduce__(self):  # pickled whole (e.g. from a worker process), location included
+        return type(self), (self.reason, self.path, self.dataset, self.rows)
 
 
 _lzf_kernel = None
