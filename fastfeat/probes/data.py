@@ -11,8 +11,8 @@ import re
 
 import numpy as np
 
-#: Rows read per step when streaming over a store.
-CHUNK_ROWS = 512
+#: Bytes of float64 rows handled per step when streaming over a store.
+CHUNK_BYTES = 2 * 2**20
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
@@ -34,6 +34,11 @@ def default_memory_budget() -> int:
         return 2 * 2**30
 
 
+def chunk_rows(width: int, itemsize: int = 8) -> int:
+    """Rows per step so that one step of ``width`` values per row stays near :data:`CHUNK_BYTES`."""
+    return max(8, min(4096, CHUNK_BYTES // max(1, width * itemsize)))
+
+
 def check_rows(store, rows, what: str) -> np.ndarray:
     """Sorted labelled rows among ``rows`` (unlabelled rows, label -1, cannot train or evaluate)."""
     rows = np.asarray(rows, np.int64)
@@ -50,11 +55,13 @@ def feature_stats(view, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     given rows of a flattened store view, one chunk at a time (Chan's parallel merge in float64)."""
     d = view.shape[1]
     count, mean, m2 = 0, np.zeros(d), np.zeros(d)
-    for start in range(0, len(rows), CHUNK_ROWS):
-        x = np.asarray(view[rows[start : start + CHUNK_ROWS]], np.float64)
+    step = chunk_rows(d)
+    for start in range(0, len(rows), step):
+        x = np.asarray(view[rows[start : start + step]], np.float64)
         n = len(x)
         cm = x.mean(axis=0)
-        cm2 = ((x - cm) ** 2).sum(axis=0)
+        x -= cm
+        cm2 = np.einsum("ij,ij->j", x, x)
         delta = cm - mean
         total = count + n
         mean += delta * (n / total)
@@ -68,9 +75,10 @@ def feature_stats(view, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def load_rows(view, rows: np.ndarray, mean=None, scale=None) -> np.ndarray:
     """(len(rows), D) float32 copy of the given rows, standardized in place when mean/scale are given."""
     out = np.empty((len(rows), view.shape[1]), np.float32)
-    for start in range(0, len(rows), CHUNK_ROWS):
-        block = out[start : start + CHUNK_ROWS]
-        block[...] = view[rows[start : start + CHUNK_ROWS]]
+    step = chunk_rows(view.shape[1], 4)
+    for start in range(0, len(rows), step):
+        block = out[start : start + step]
+        block[...] = view[rows[start : start + step]]
         if mean is not None:
             block -= mean
             block /= scale

@@ -15,8 +15,8 @@ import numpy as np
 KINDS = ("linear", "forest", "knn", "dense")
 #: How a linear model's scores become probabilities (each mirrors a scikit-learn predict_proba).
 LINKS = ("softmax", "ovr_logistic", "modified_huber", "platt")
-#: Rows predicted per step (bounds the memory of prediction).
-PREDICT_ROWS = 1024
+#: Feature bytes (float32) predicted per step: bounds the memory of prediction.
+PREDICT_BYTES = 2 * 2**20
 
 
 @dataclass
@@ -50,12 +50,15 @@ class Classifier:
     def predict_proba(self, X) -> np.ndarray:
         """(n, len(classes)) float32 probabilities of feature rows ``X`` (n, *feature_shape) or (n, D).
 
-        ``X`` may be a memory map or a store view: it is read :data:`PREDICT_ROWS` rows at a time.
+        ``X`` may be a memory map or a store view: it is read about :data:`PREDICT_BYTES` at a time.
         """
         n = len(X)
         out = np.zeros((n, len(self.classes)), np.float32)
-        for start in range(0, n, PREDICT_ROWS):
-            rows = np.asarray(X[start : start + PREDICT_ROWS])
+        step = max(1, min(4096, PREDICT_BYTES // max(1, 4 * self.n_features)))
+        if self.kind == "knn":  # the (step, n_train) distance block too
+            step = max(1, min(step, PREDICT_BYTES // (8 * max(1, len(self.arrays["train"])))))
+        for start in range(0, n, step):
+            rows = np.asarray(X[start : start + step])
             out[start : start + len(rows), self.columns] = self._proba(self._prepare(rows))
         return out
 

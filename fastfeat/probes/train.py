@@ -214,7 +214,7 @@ def fit_streaming(kind, store, layer, labels, fit_rows, tune_rows, base: Classif
     mean, scale = base.arrays["mean"], base.arrays["scale"]
     classes = np.arange(len(base.columns))
     one_epoch, _, _ = iterate_batches(store, layer, batch_size=batch_size, shuffle=True, seed=seed, flatten=True,
-                                      rows=fit_rows)  # fmt: skip
+                                      prefetch=2, rows=fit_rows)  # fmt: skip
     tune_view = store.arrays(layer, rows=tune_rows)[0]
     y_tune = encode(labels[tune_rows], base.columns)
     results, best_clf = [], None
