@@ -16,7 +16,7 @@ def register_subparser(subparsers) -> None:
         description="Describe a fastfeat HDF5 store: layers, shapes, dtypes, rows per class, model, precision, "
         "size on disk, compression ratio, whether it is memory-mappable and complete, and failures.",
     )
-    p.add_argument("store", help="the .h5 store")
+    p.add_argument("store", help="the .h5 store, or the folder of a sharded extraction")
     p.add_argument("--json", action="store_true", help="print the facts as JSON")
     p.add_argument(
         "--verify", action="store_true",
@@ -29,14 +29,13 @@ def register_subparser(subparsers) -> None:
 def _info(path: str) -> dict:
     import warnings
 
-    from ..store.inspect import store_info
     from ..store.reader import IncompleteStoreWarning, open_store
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", IncompleteStoreWarning)  # info says it itself
-        store = open_store(path, allow_incomplete=True)
+        store = open_store(path, allow_incomplete=True)  # a store, or a sharded output folder
     with store:
-        return store_info(store)
+        return store.info()
 
 
 def run(args) -> int:

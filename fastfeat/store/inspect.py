@@ -107,4 +107,7 @@ def format_info(info: dict) -> str:
         lines.append(f"  ... and {info['failures'] - len(info['failure_examples'])} more failures")
     if info["merged_from"]:
         lines.append(f"  merged from: {', '.join(info['merged_from'])}")
+    for shard in info.get("shards") or ():  # a sharded output (fastfeat.store.sharded.sharded_info)
+        lines.append(f"  shard {shard['index']}: images [{shard['start']}, {shard['stop']}), {shard['status']}, "
+                     f"{shard['rows']:,} rows, {shard['failures']:,} failures, {shard['attempts']} attempt(s)")  # fmt: skip
     return "\n".join(lines)

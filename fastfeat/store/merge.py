@@ -16,6 +16,7 @@ import numpy as np
 
 from .codecs import DamagedStoreError
 from .reader import open_store
+from .sharded import shard_files
 from .writer import StoreWriter
 
 #: Run settings that must agree for features to be comparable, hence mergeable.
@@ -66,7 +67,8 @@ def merge_stores(
     """Write the rows of ``inputs``, in order, into one new store ``output``.
 
     Args:
-        inputs: two or more stores from the same model, layers, image size, preprocessing and dtype.
+        inputs: two or more stores from the same model, layers, image size, preprocessing and dtype;
+            a sharded output folder stands for its shard stores, in order.
         output: the merged store (must not be one of the inputs).
         overwrite: replace an existing ``output``.
         compression: ``"same"`` (the first input's), or a spec as for ``StoreWriter``.
@@ -77,8 +79,10 @@ def merge_stores(
     """
     inputs = [os.fspath(p) for p in inputs]
     output = os.fspath(output)
-    if len(inputs) < 2:
-        raise ValueError(f"`inputs` needs at least two stores. Received: inputs={inputs}")
+    folders = [p for p in inputs if os.path.isdir(p)]  # a sharded output: its shard stores, in order
+    inputs = [q for p in inputs for q in (shard_files(p, allow_incomplete) if p in folders else [p])]
+    if len(inputs) < (1 if folders else 2):
+        raise ValueError(f"`inputs` needs at least two stores (or a sharded output folder). Received: inputs={inputs}")
     if os.path.abspath(output) in {os.path.abspath(p) for p in inputs}:
         raise ValueError(f"`output` must not be one of the inputs. Received: output={output!r}")
     if os.path.exists(output) and not overwrite:
@@ -126,6 +130,7 @@ def _write(stores, output, overwrite, compression) -> dict:
         compression = first.compression(first.layers[0])
     features = {k: (tuple(first.dataset(k).shape[1:]), str(first.dataset(k).dtype)) for k in first.layers}
     meta = dict(first.meta)
+    meta.pop("part", None)  # a shard's range in its job: not the merged store's
     meta.update(
         class_names=names,
         catalog_size=catalog_size,

@@ -296,8 +296,15 @@ def open_store(path: str | os.PathLike, allow_incomplete: bool = True) -> Featur
     """Open a fastfeat HDF5 store for reading (no TensorFlow import, O(1) in the file's size).
 
     Args:
-        path: the ``.h5`` file written by ``fastfeat extract``.
+        path: the ``.h5`` file written by ``fastfeat extract``, or the folder of a sharded
+            extraction (``--shards N``): then one :class:`~fastfeat.store.sharded.ShardedStore`
+            over its shards, with this class's API.
         allow_incomplete: if False, refuse (``IncompleteStoreError``) a store whose run did not
             finish; otherwise warn with :class:`IncompleteStoreWarning`.
     """
+    if os.path.isdir(path):
+        from .sharded import open_sharded
+
+        return open_sharded(path, allow_incomplete, opener=FeatureStore,
+                            incomplete=(IncompleteStoreError, IncompleteStoreWarning))  # fmt: skip
     return FeatureStore(path, allow_incomplete=allow_incomplete)
