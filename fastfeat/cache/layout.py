@@ -23,15 +23,16 @@ CACHE_FORMAT = 1
 IMAGES = "images"
 FINGERPRINT = "fingerprint"
 #: Meta entries that decide the pixels of a row: a cache answers only for these exact values.
-SETTINGS = ("image_size", "interpolation", "exif", "reduced_decode", "max_pixels", "opencv")
+SETTINGS = ("image_size", "interpolation", "exif", "reduced_decode", "max_pixels", "opencv", "pillow")
 #: The fingerprint of a file that cannot be stat'ed (missing, a broken link).
 MISSING = (-1, -1, -1)
 
 
 def settings_of(options) -> dict:
-    """The :data:`SETTINGS` of a :class:`fastfeat.loader.DecodeOptions` (plus this OpenCV's version:
-    another libjpeg/OpenCV build may decode other pixels)."""
+    """The :data:`SETTINGS` of a :class:`fastfeat.loader.DecodeOptions`, plus the versions of the
+    decoders (OpenCV, and Pillow, the fallback): another build may decode other pixels."""
     import cv2
+    import PIL
 
     return {
         "image_size": [int(options.size[0]), int(options.size[1])],
@@ -40,6 +41,7 @@ def settings_of(options) -> dict:
         "reduced_decode": bool(options.reduced),
         "max_pixels": None if options.max_pixels is None else int(options.max_pixels),
         "opencv": cv2.__version__,
+        "pillow": PIL.__version__,
     }
 
 
