@@ -556,3 +556,29 @@ def test_damaged_store_error_names_the_place_and_pickles():
     assert str(DamagedStoreError("bad")) == "damaged store: bad" and isinstance(e, ValueError)
     back = pickle.loads(pickle.dumps(e))
     assert (str(back), back.path, back.dataset, back.rows, back.reason) == (str(e), e.path, e.dataset, e.rows, e.reason)
+
+
+def test_info_verify_on_a_sharded_folder(tmp_path, capsys):
+    from fastfeat.catalog import part_bounds
+    from fastfeat.cli import main
+    from fastfeat.sharding.manifest import new_manifest, write_manifest
+    from fastfeat.store.sharded import shard_name
+
+    out = tmp_path / "out"
+    out.mkdir()
+    bounds = part_bounds(2 * N, 2)
+    names = [shard_name(k, 2) for k in range(2)]
+    manifest = new_manifest({"layers": ["conv"]}, {"size": 2 * N, "sha256": "", "class_names": ["a", "b"]},
+                            bounds, names, None)  # fmt: skip
+    for k, name in enumerate(names):
+        write_store(out / name, n=N, chunk_rows=CHUNK_ROWS, compression="lzf")
+        manifest["shard_list"][k].update(status="complete")
+    write_manifest(str(out), manifest)
+    assert main(["info", "--verify", str(out)]) == 0
+    assert capsys.readouterr().out.count("verified, no damage") == 2
+    shard = str(out / names[1])
+    craft(shard, shard + ".bomb", "bomb", "lzf")
+    os.replace(shard + ".bomb", shard)
+    assert main(["info", "--verify", "--json", str(out)]) == 1
+    found = json.loads(capsys.readouterr().out)["verify"]
+    assert [r["ok"] for r in found] == [True, False] and found[1]["damage"][0]["rows"] == [8, 12]

@@ -46,20 +46,25 @@ def run(args) -> int:
         print(json.dumps(info, indent=2, default=str) if args.json else format_info(info))
         return 0
     from ..store.codecs import DamagedStoreError
+    from ..store.sharded import is_sharded, shard_files
     from ..store.verify import verify_store
 
-    report = verify_store(args.store)
+    sharded = is_sharded(args.store)
+    files = shard_files(args.store, allow_incomplete=True) if sharded else [args.store]
+    reports = [verify_store(path) for path in files]  # a sharded output: every shard's store
     try:
         info, error = _info(args.store), None
     except (DamagedStoreError, ValueError, OSError) as e:  # the report says what is damaged
         info, error = {"path": args.store}, str(e)
     if args.json:
-        info = dict(info, verify=report.to_dict(), **({"error": error} if error else {}))
+        found = [r.to_dict() for r in reports] if sharded else reports[0].to_dict()
+        info = dict(info, verify=found, **({"error": error} if error else {}))
         print(json.dumps(info, indent=2, default=str))
     else:
         if error:
             print(f"fastfeat: cannot describe {args.store!r}: {error}", file=sys.stderr)
         else:
             print(format_info(info))
-        print(report.format())
-    return 0 if report.ok else 1
+        for report in reports:
+            print(report.format())
+    return 0 if all(r.ok for r in reports) else 1
