@@ -52,9 +52,9 @@ CLOSE_BAND = (0.8, 1.25)
 #: Timed rounds per candidate at most (``remeasure`` times at least :data:`DECISIVE_ROUNDS`).
 MAX_ROUNDS = 5
 DECISIVE_ROUNDS = 3
-#: Images of the first batch timed on a CPU (per-image cost is flat past a few images there); a GPU
+#: Images of the first batch timed on a CPU (per-image cost is flat there; VGG19 in float32 takes ~0.2 s each); a GPU
 #: is timed on the whole batch, where reduced precision pays only at size.
-CPU_PROBE_ROWS = 4
+CPU_PROBE_ROWS = 2
 #: CPU flags that change which precision is fast (part of the decision key).
 PRECISION_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "bf16")
 CACHE_VERSION = 1

@@ -262,7 +262,7 @@ def test_auto_on_a_bf16_cpu_measures_once_then_reuses(class_tree, tiny_model_fil
     auto = first.precision_auto
     assert auto["source"] == "measured" and auto["candidates"] == ["float32", "mixed_bfloat16"]
     assert set(auto["errors"]) == {"float32", "mixed_bfloat16"} and auto["errors"]["mixed_bfloat16"] <= 2e-2
-    assert auto["probe_rows"] == 4 and auto["rounds"] >= A.DECISIVE_ROUNDS
+    assert auto["probe_rows"] == 4 and auto["rounds"] >= A.DECISIVE_ROUNDS  # remeasure: the whole first batch
     assert first.precision == auto["choice"] and "cached" in auto["reason"]
     assert {"catalog", "model_build", "precision", "first_batch"} <= set(first.startup)
     assert "start-up" in first.summary() and "measured" in first.summary()
