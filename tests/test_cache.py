@@ -40,6 +40,10 @@ def source(tmp_path):
     return str(root)
 
 
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt  # Ctrl-C (or a kill) in the middle of a build
+
+
 def _decoded(source, options):
     """What the loader decodes now, per catalog position: (images, ok)."""
     catalog = build_catalog(source)
@@ -147,11 +151,7 @@ def test_an_update_that_dies_leaves_the_old_cache(source, tmp_path, monkeypatch)
     with open_cache(out) as cache:
         before = cache.read(np.arange(cache.rows))
     _write(os.path.join(source, "a", "img_0.png"), 1234)
-
-    def dies(self, position, out=None):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Loader, "load", dies)
+    monkeypatch.setattr(Loader, "load", _interrupt)
     with pytest.raises(KeyboardInterrupt):
         build_cache(source, out, SIZE, update=True)
     monkeypatch.undo()
@@ -206,6 +206,29 @@ def test_an_interrupted_build_resumes(source, tmp_path, monkeypatch):
     with open_cache(out) as cache:
         assert cache.complete and cache.paths == [p for p, good in zip(catalog.paths, ok) if good]
         np.testing.assert_array_equal(cache.read(np.arange(cache.rows)), images[ok])
+
+
+def test_a_process_waits_for_another_ones_build(source, tmp_path, monkeypatch):
+    import threading
+
+    from fastfeat.store.lock import StoreLock
+
+    out = str(tmp_path / "c.h5")
+    catalog, options = build_catalog(source), DecodeOptions(SIZE)
+    monkeypatch.setattr(Loader, "decode_batch", _interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        cache_build.write_cache(catalog, options, out, "create", threads=1)
+    monkeypatch.undo()
+    other = StoreLock(out)
+    other.acquire()  # "another process" holds the build
+    result = {}
+    waiter = threading.Thread(target=lambda: result.update(rows=ensure_cache(out, catalog, options)))
+    waiter.start()
+    waiter.join(0.5)
+    assert waiter.is_alive() and not result
+    other.release()  # it died: the waiter completes the build itself
+    waiter.join(30)
+    assert result["rows"].cache.complete and result["rows"].cache.rows == len(catalog) - 1
 
 
 def test_rows_are_read_not_mapped_and_shared_by_processes(source, tmp_path):

@@ -28,6 +28,8 @@ from . import layout
 from .reader import CachedRows, ImageCache, StaleCacheError
 
 BATCH = 32
+#: How often a process waiting for another one's build looks again.
+WAIT_SECONDS = 0.2
 
 
 @dataclass
@@ -115,20 +117,28 @@ def build_cache(
 def ensure_cache(path: str | os.PathLike, catalog: Catalog, options: DecodeOptions,
                  threads: int | None = None) -> CachedRows:  # fmt: skip
     """The cache at ``path`` checked against ``catalog`` and ``options``: built first if ``path``
-    does not exist, completed first if its build was interrupted.
+    does not exist, completed first if its build was interrupted. While another process builds
+    it (several training processes started at once), this one waits for that build.
 
     Raises:
         StaleCacheError: the cache holds other decode settings or files changed since (the
             message says what changed and how to update it).
     """
+    from ..store.lock import StoreLockedError
+
     path = os.fspath(path)
-    if not os.path.exists(path):
-        write_cache(catalog, options, path, "create")
-    else:
-        with ImageCache(path) as cache:
-            unfinished = not cache.complete
-        if unfinished:
-            write_cache(catalog, options, path, "resume")
+    while True:
+        try:
+            if not os.path.exists(path):
+                write_cache(catalog, options, path, "create", threads=threads)
+            else:
+                with ImageCache(path) as cache:
+                    unfinished = not cache.complete
+                if unfinished:
+                    write_cache(catalog, options, path, "resume", threads=threads)
+            break
+        except (StoreLockedError, FileExistsError):  # another process is building it (or just created it)
+            time.sleep(WAIT_SECONDS)
     return ImageCache(path).check(catalog, options)
 
 
