@@ -25,8 +25,10 @@ def write_cluster_store(path, X, y, class_names=None, key="feat", copies=0, dtyp
     """A store of rows X (label y), image k at catalog position k, plus ``copies`` noisy augmented copies."""
     k = int(y.max()) + 1
     class_names = class_names or [f"class{i}" for i in range(k)]
-    w = StoreWriter(path, {key: (X.shape[1:], dtype)}, capacity=len(X) * (1 + copies), class_names=class_names,
-                    meta={"model": "synthetic", "layers": [key]}, mode="overwrite", compression=compression)  # fmt: skip
+    w = StoreWriter(
+        path, {key: (X.shape[1:], dtype)}, capacity=len(X) * (1 + copies), class_names=class_names,
+        meta={"model": "synthetic", "layers": [key]}, mode="overwrite", compression=compression,
+    )  # fmt: skip
     rng = np.random.default_rng(seed)
     for s in range(0, len(X), batch):
         pos = np.arange(s, min(s + batch, len(X)))

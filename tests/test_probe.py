@@ -225,3 +225,28 @@ def test_existing_classifier_is_not_overwritten_silently(store4, tmp_path):
 def test_rf_over_the_memory_budget_refuses_with_advice(store4):
     with pytest.raises(ValueError, match="stream"):
         fastfeat.probe(store4, classifier="rf", max_memory="1K")
+
+
+def test_missing_scikit_learn_says_what_to_install(store4, monkeypatch, tmp_path, capsys):
+    import sys
+
+    from fastfeat.cli import main
+    from fastfeat.probes._deps import require
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # import sklearn now fails
+    with pytest.raises(ModuleNotFoundError, match=r'pip install "fastfeat\[probe\]"'):
+        require("sklearn")
+    assert main(["probe", store4, "-o", str(tmp_path)]) == 2
+    assert 'pip install "fastfeat[probe]"' in capsys.readouterr().err
+
+
+def test_probe_cli_options_and_json(store4, tmp_path, capsys):
+    from fastfeat.cli import main
+
+    argv = ["probe", store4, "--layer", "feat", "--classifier", "svm", "--sweep", "0.01,0.1", "--bootstrap", "0",
+            "--max-memory", "10K", "--epochs", "2", "-o", str(tmp_path), "--json"]  # fmt: skip
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["mode"] == "stream" and [s["value"] for s in printed["sweep"]] == [0.01, 0.1]
+    assert main(argv) == 2  # the classifier exists: --overwrite is needed
+    assert "overwrite" in capsys.readouterr().err

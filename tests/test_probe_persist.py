@@ -46,7 +46,8 @@ def sklearn_models(k):
 def test_numpy_predictions_equal_sklearn_and_survive_a_round_trip(tmp_path, kind, k):
     X, y = clusters(40, k, 6, separation=0.8, seed=k)
     model = sklearn_models(k)[kind].fit(X, y)
-    clf = to_classifier(kind, model, base(k, 6, kind != "rf"), X if kind == "knn" else None, y if kind == "knn" else None)
+    train = (X, y) if kind == "knn" else (None, None)
+    clf = to_classifier(kind, model, base(k, 6, kind != "rf"), *train)
     Xq = clusters(10, k, 6, separation=0.8, seed=99)[0]
     np.testing.assert_allclose(clf.predict_proba(Xq), model.predict_proba(Xq), atol=1e-5)
     save_classifier(clf, tmp_path)

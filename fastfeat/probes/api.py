@@ -66,7 +66,9 @@ def _check(classifier, val, val_split, tune_split, seed, epochs, batch_size):
     if classifier not in CLASSIFIERS:
         raise ValueError(f"`classifier` must be one of {', '.join(CLASSIFIERS)}. Received: classifier={classifier!r}")
     if val is None and not (isinstance(val_split, (int, float)) and 0 < float(val_split) < 1):
-        raise ValueError(f"`val_split` must be in (0, 1) when no `val` store is given. Received: val_split={val_split!r}")
+        raise ValueError(
+            f"`val_split` must be in (0, 1) when no `val` store is given. Received: val_split={val_split!r}"
+        )
     if not (isinstance(tune_split, (int, float)) and 0 < float(tune_split) < 1):
         raise ValueError(f"`tune_split` must be in (0, 1). Received: tune_split={tune_split!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -134,7 +136,9 @@ def probe(
     if output is not None:
         output = os.fspath(output)
         if os.path.exists(os.path.join(output, JSON_NAME)) and not overwrite:
-            raise FileExistsError(f"{output!r} already holds a classifier. Pass overwrite=True (--overwrite) to replace it.")
+            raise FileExistsError(
+                f"{output!r} already holds a classifier. Pass overwrite=True (--overwrite) to replace it."
+            )
     t0 = time.perf_counter()
     from ..store import open_store
 
@@ -198,9 +202,11 @@ def _probe(store, layer, val, val_split, kind, output, seed, sweep, tune_split, 
         result = fit_streaming(kind, store, key, labels, fit_rows, tune_rows, base, seed=seed, sweep=sweep,
                                epochs=epochs or 10, batch_size=batch_size or 256)  # fmt: skip
     elif need > budget:
-        raise ValueError(f"The {kind} probe needs its training features in memory (about {need / 2**30:.2f} GiB), "
-                         f"more than max_memory ({budget / 2**30:.2f} GiB). Use classifier='logistic', 'svm' or "
-                         f"'dense' (they stream), pool the layer, or raise max_memory. Received: max_memory={budget}")  # fmt: skip
+        raise ValueError(
+            f"The {kind} probe needs its training features in memory (about {need / 2**30:.2f} GiB), more than "
+            f"max_memory ({budget / 2**30:.2f} GiB). Use classifier='logistic', 'svm' or 'dense' (they stream), "
+            f"pool the layer, or raise max_memory. Received: max_memory={budget}"
+        )
     else:
         result = fit_in_memory(kind, view, labels, fit_rows, tune_rows, base, seed=seed, sweep=sweep, options=options)
     clf = result.classifier

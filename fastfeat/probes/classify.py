@@ -49,8 +49,10 @@ class ClassifyResult:
 def extract_settings(meta: dict) -> dict:
     """``fastfeat.extract`` keyword arguments that reproduce the store described by ``meta``."""
     if not meta.get("model") or not meta.get("image_size"):
-        raise ValueError("This classifier was trained on a store without a recorded extraction run (model, "
-                         f"image size): it cannot extract new images the same way. Received: model={meta.get('model')!r}")  # fmt: skip
+        raise ValueError(
+            "This classifier was trained on a store without a recorded extraction run (model, image size): "
+            f"it cannot extract new images the same way. Received: model={meta.get('model')!r}"
+        )
     weights = meta.get("weights")
     if weights == "model file":
         weights = None

@@ -22,7 +22,9 @@ def parse_memory(value) -> int:
         return int(value)
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(value), re.IGNORECASE)
     if isinstance(value, bool) or m is None or float(m.group(1)) <= 0:
-        raise ValueError(f"`max_memory` must be a positive number of bytes or e.g. '512M', '2G'. Received: max_memory={value!r}")
+        raise ValueError(
+            f"`max_memory` must be a positive number of bytes or e.g. '512M', '2G'. Received: max_memory={value!r}"
+        )
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 

@@ -154,7 +154,10 @@ def knn_proba(x: np.ndarray, train: np.ndarray, train_columns: np.ndarray, k: in
     """Share of each class among the ``k`` nearest training rows (Euclidean, uniform weights)."""
     d = (x * x).sum(axis=1, keepdims=True) - 2 * (x @ train.T) + (train * train).sum(axis=1)
     k = min(k, len(train))
-    nearest = np.argpartition(d, k - 1, axis=1)[:, :k] if k < len(train) else np.broadcast_to(np.arange(len(train)), d.shape)
+    if k < len(train):
+        nearest = np.argpartition(d, k - 1, axis=1)[:, :k]
+    else:
+        nearest = np.broadcast_to(np.arange(len(train)), d.shape)
     votes = train_columns[nearest]
     out = np.zeros((len(x), n_columns), np.float64)
     np.add.at(out, (np.repeat(np.arange(len(x)), k), votes.ravel()), 1.0)

@@ -63,8 +63,10 @@ def load_classifier(directory: str | os.PathLike) -> Classifier:
     json_path, npz_path = os.path.join(directory, JSON_NAME), os.path.join(directory, NPZ_NAME)
     for p in (json_path, npz_path):
         if not os.path.isfile(p):
-            raise FileNotFoundError(f"No classifier in {directory!r}: {os.path.basename(p)} is missing "
-                                    f"(write one with `fastfeat probe ... -o DIR`). Received: directory={directory!r}")  # fmt: skip
+            raise FileNotFoundError(
+                f"No classifier in {directory!r}: {os.path.basename(p)} is missing "
+                f"(write one with `fastfeat probe ... -o DIR`). Received: directory={directory!r}"
+            )
     try:
         with open(json_path, encoding="utf-8") as f:
             doc = json.load(f)
@@ -84,8 +86,9 @@ def load_classifier(directory: str | os.PathLike) -> Classifier:
     columns = arrays.pop("columns", None)
     try:
         clf = Classifier(
-            kind=doc["kind"], classes=doc["classes"], columns=columns, arrays=arrays, params=doc.get("params") or {},
-            layer=doc.get("layer", ""), feature_shape=tuple(doc["feature_shape"]), store_meta=doc.get("store_meta") or {},
+            kind=doc["kind"], classes=doc["classes"], columns=columns, arrays=arrays,
+            params=doc.get("params") or {}, layer=doc.get("layer", ""), feature_shape=tuple(doc["feature_shape"]),
+            store_meta=doc.get("store_meta") or {},
         )  # fmt: skip
     except (KeyError, TypeError) as e:
         raise ClassifierFileError(f"{json_path!r} lacks a field of a classifier: {e}") from None

@@ -30,7 +30,9 @@ def find_row(store, image) -> int:
     for i, p in enumerate(store.paths):
         if p == os.fspath(image) and copies[i] == 0:
             return i
-    raise ValueError(f"`image` is not a path of this store (paths look like {store.paths[:1]}). Received: image={image!r}")
+    raise ValueError(
+        f"`image` is not a path of this store (paths look like {store.paths[:1]}). Received: image={image!r}"
+    )
 
 
 def activations(store, layer: str | None, output_dir: str, image=0, channels=None) -> str:
@@ -98,8 +100,18 @@ def embedding(store, layer: str | None, output_dir: str, method: str = "pca", ma
     return embedding_png(points, np.asarray(store.labels)[rows], store.class_names, path, title)
 
 
-def show(store, layer: str | None = None, output_dir: str | os.PathLike = ".", *, activation_maps: bool | None = None,
-         image=0, channels=None, method: str | None = "pca", max_points: int = 2000, seed: int = 0) -> list[str]:  # fmt: skip
+def show(
+    store,
+    layer: str | None = None,
+    output_dir: str | os.PathLike = ".",
+    *,
+    activation_maps: bool | None = None,
+    image=0,
+    channels=None,
+    method: str | None = "pca",
+    max_points: int = 2000,
+    seed: int = 0,
+) -> list[str]:
     """Write the pictures of ``layer`` into ``output_dir``; returns the PNG paths.
 
     Args:

@@ -232,5 +232,5 @@ def fit_streaming(kind, store, layer, labels, fit_rows, tune_rows, base: Classif
         if _pick(results) == len(results) - 1:
             best_clf = clf
     best = values[_pick(results)]
-    return FitResult(best_clf, "alpha", results, best, "stream",
-                     [f"streamed: SGDClassifier(loss={loss!r}), {epochs} epochs per alpha, best kept (no refit)"])  # fmt: skip
+    note = f"streamed: SGDClassifier(loss={loss!r}), {epochs} epochs per alpha, best kept (no refit)"
+    return FitResult(best_clf, "alpha", results, best, "stream", [note])
