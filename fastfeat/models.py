@@ -12,6 +12,7 @@ cost nothing to import.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 
@@ -42,6 +43,88 @@ def normalize_size(image_size) -> tuple[int, int] | None:
     """``None``, an int, ``"HxW"`` or a (height, width) pair to ``None`` or (height, width)
     (:func:`fastfeat.checks.image_size`)."""
     return checks.image_size(image_size)
+
+
+@contextlib.contextmanager
+def caller_rng_kept():
+    """Give the caller back its random generators after building or loading models: Python's
+    ``random`` and NumPy's global state, Keras' global seed and seed generator, TensorFlow's
+    global seed, as they were.
+
+    Keras draws a default seed from Python's ``random`` for every initializer built without one
+    (also when a saved model is loaded), and ``keras.utils.set_random_seed`` reseeds them all
+    process-wide: without this, every ``extract`` moved or reset the caller's ``random.random()``
+    and ``np.random.random()`` sequences.
+    """
+    import random
+
+    import numpy as np
+
+    saved_random, saved_numpy = random.getstate(), np.random.get_state()
+    saved_keras = _keras_seed_state()
+    saved_tf = _tf_global_seed()
+    try:
+        yield
+    finally:
+        random.setstate(saved_random)
+        np.random.set_state(saved_numpy)
+        _restore_keras_seed_state(saved_keras)
+        _restore_tf_global_seed(saved_tf)
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int):
+    """Build under ``keras.utils.set_random_seed(seed)`` (a random initialization that reruns and
+    resumes reproduce), inside :func:`caller_rng_kept`."""
+    import keras
+
+    with caller_rng_kept():
+        keras.utils.set_random_seed(int(seed))
+        yield
+
+
+_KERAS_SEED_KEYS = ("GLOBAL_RANDOM_SEED", "GLOBAL_SEED_GENERATOR")
+
+
+def _keras_seed_state() -> dict | None:
+    try:
+        from keras.src.backend.common import global_state
+    except ImportError:  # another Keras layout: nothing to restore
+        return None
+    return {k: global_state.get_global_attribute(_keras_seed_key(k)) for k in _KERAS_SEED_KEYS}
+
+
+def _keras_seed_key(name: str) -> str:
+    from keras.src.random import seed_generator
+    from keras.src.utils import rng_utils
+
+    return getattr(rng_utils, name, None) or getattr(seed_generator, name, name.lower())
+
+
+def _restore_keras_seed_state(saved: dict | None) -> None:
+    if saved is None:
+        return
+    from keras.src.backend.common import global_state
+
+    for name, value in saved.items():
+        global_state.set_global_attribute(_keras_seed_key(name), value)
+
+
+def _tf_global_seed():
+    try:
+        from tensorflow.python.eager import context
+    except ImportError:
+        return None
+    return context.global_seed()
+
+
+def _restore_tf_global_seed(seed) -> None:
+    import sys
+
+    if "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        tf.random.set_seed(seed)
 
 
 class WeightsDownloadError(RuntimeError):
@@ -197,10 +280,16 @@ def input_size_of(model) -> tuple[int, int] | None:
 
 
 def make_infer_fn(extractor):
-    """A compiled function: float32 batch -> dict of float32 feature arrays (one forward pass)."""
+    """A compiled function: float32 batch -> dict of float32 feature arrays (one forward pass).
+
+    Traced once for any batch size (the batch axis of its signature is ``None``): the probe of
+    ``precision="auto"``, full batches and the short last batch share one graph.
+    """
     import tensorflow as tf
 
-    @tf.function(reduce_retracing=True)
+    shape = [None, *(int(d) if d is not None else None for d in extractor.inputs[0].shape[1:])]
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32)])
     def infer(x):
         outputs = extractor(x, training=False)
         return {k: tf.cast(v, tf.float32) for k, v in outputs.items()}

@@ -45,8 +45,14 @@ class BoundedPool:
         self._pending.append(self._pool.submit(fn, *args))
 
     def take(self):
-        """The oldest call's result, waiting for it; its exception is raised here."""
-        return self._pending.popleft().result()
+        """The oldest call's result, waiting for it; its exception is raised here. Interrupted
+        while waiting (``KeyboardInterrupt``), the call stays pending: take it again."""
+        future = self._pending[0]
+        try:
+            return future.result()
+        finally:
+            if future.done():
+                self._pending.popleft()
 
     def close(self) -> None:
         """Cancel the calls not started, wait for the running ones, stop the threads."""

@@ -4,13 +4,14 @@ and the Keras dtype policy are as before; a stop request belongs to one run."""
 from __future__ import annotations
 
 import random
-import threading
 
 import cv2
 import numpy as np
-import pytest
 
+import fastfeat
 from fastfeat.loader import opencv_single_threaded
+from fastfeat.runloop import StopToken, request_stop
+from fastfeat.store import open_store
 
 
 def test_opencv_threads_restored_after_image_dataset_passes(class_tree):
@@ -54,3 +55,52 @@ def test_opencv_single_threaded_counts_overlapping_passes():
         assert cv2.getNumThreads() == 2
     finally:
         cv2.setNumThreads(before)
+
+
+def _caller_draws(seed: int = 1234):
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def test_two_extract_calls_leave_the_callers_state_alone(class_tree, tiny_model_file, tmp_path):
+    import keras
+
+    root, expected = class_tree
+    _caller_draws()
+    reference = [random.random(), np.random.random()]
+    policy_before = keras.config.dtype_policy().name
+    cv2.setNumThreads(3)
+    try:
+        _caller_draws()
+        first = fastfeat.extract(root, tmp_path / "a.h5", model="mobilenetv2", layers=["out_relu:avg"], image_size=32,
+                                 weights=None, precision="float32", batch_size=4, progress=False)  # fmt: skip
+        second = fastfeat.extract(root, tmp_path / "b.h5", model=tiny_model_file, layers=["conv2:max", "conv1"],
+                                  precision="float32", dtype="float16", batch_size=3, interpolation="nearest",
+                                  progress=False)  # fmt: skip
+        assert [random.random(), np.random.random()] == reference  # not reseeded by the random init
+        assert keras.config.dtype_policy().name == policy_before
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(1)
+    assert first.images == second.images == len(expected)
+    with open_store(tmp_path / "a.h5") as a, open_store(tmp_path / "b.h5") as b:
+        assert a.meta["init_seed"] == 0 and a.layers == ["out_relu:avg"] and sorted(b.layers) == ["conv1", "conv2:max"]
+    again = fastfeat.extract(root, tmp_path / "c.h5", model="mobilenetv2", layers=["out_relu:avg"], image_size=32,
+                             weights=None, precision="float32", batch_size=4, progress=False)  # fmt: skip
+    with open_store(tmp_path / "a.h5") as a, open_store(tmp_path / "c.h5") as c:
+        assert again.images == len(expected)
+        np.testing.assert_array_equal(a.features()[:], c.features()[:])  # the seeded init still reproduces
+
+
+def test_a_stop_request_belongs_to_one_run(class_tree, tiny_model_file, tmp_path):
+    root, expected = class_tree
+    common = dict(model=tiny_model_file, layers=["conv3:avg"], precision="float32", batch_size=2, progress=False)
+    token = StopToken()
+    token.set()  # this run's own stop: it ends after its first batch, resumable
+    stopped = fastfeat.extract(root, tmp_path / "a.h5", stop=token, **common)
+    assert stopped.interrupted and stopped.images == 2
+    request_stop()  # no run is going on: not remembered by the next one
+    other = fastfeat.extract(root, tmp_path / "b.h5", **common)
+    assert not other.interrupted and other.images == len(expected)
+    resumed = fastfeat.extract(root, tmp_path / "a.h5", resume=True, **common)
+    assert not resumed.interrupted and resumed.images == len(expected) - 2

@@ -1,11 +1,16 @@
-"""``fastfeat extract SOURCE -o OUT.h5``: features of every image into an HDF5 store."""
+"""``fastfeat extract SOURCE -o OUT.h5``: features of every image into an HDF5 store.
+
+Every flag sets one field of :class:`fastfeat.config.ExtractConfig`, in one table (:data:`FLAGS`),
+and takes its default from it; the augmentation flags build the config's ``augment``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
-from ..decode import DEFAULT_MAX_PIXELS, INTERPOLATIONS
-from ..models import POOLS
+from ..config import DTYPES, ON_ERROR, POOLS, ExtractConfig, config_defaults
+from ..decode import INTERPOLATIONS
 from ..precision import PRECISION_CHOICES
 from ..preprocess import MODES
 
@@ -14,70 +19,9 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a default only where there is one worth showing."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+        if action.default in (None, False, True, argparse.SUPPRESS) or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
-
-
-def register_subparser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "extract",
-        help="extract features of a folder of images into an HDF5 store",
-        description="Extract CNN features of every image under SOURCE into one HDF5 store.",
-        formatter_class=_HelpFormatter,
-    )
-    p.add_argument("source", help="folder of class subfolders, flat folder of images, or .txt/.csv file list")
-    p.add_argument("-o", "--output", required=True, help="the .h5 store to write")
-    p.add_argument("--model", default="vgg19", help="keras.applications short name (see `fastfeat models`) or a .keras/.h5 file")
-    p.add_argument(
-        "--layer", dest="layers", action="append", metavar="NAME[:POOL]",
-        help="layer to cut at (repeat for several; all from one forward pass). Default: block4_conv2",
-    )  # fmt: skip
-    p.add_argument("--pool", default="none", choices=POOLS, help="pooling for layers given without :POOL")
-    p.add_argument("--image-size", default=None, help="N or HxW (default: the model's own)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: automatic, within memory)")
-    p.add_argument("--weights", default="imagenet", help="imagenet, none (random init), or a weights file for the headless base")
-    p.add_argument("--preprocess", default=None, choices=MODES, help="normalization override (default: the model's own)")
-    p.add_argument("--interpolation", default="bilinear", choices=list(INTERPOLATIONS), help="resize filter; nearest = Keras parity")
-    p.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="stored feature dtype")
-    p.add_argument(
-        "--precision", default="auto", choices=PRECISION_CHOICES,
-        help="inference precision; auto: the fastest native precision within 2e-2 of float32, measured once on "
-        "a few images when that costs <= 5%% of the job, and cached per machine/model/layer/size (default: auto)",
-    )
-    p.add_argument(
-        "--remeasure-precision", action="store_true",
-        help="with --precision auto: ignore the cached decision, measure decisively and cache the new one",
-    )  # fmt: skip
-    p.add_argument("--device", default="auto", help="auto, cpu, gpu or gpu:N")
-    p.add_argument("--classes", default=None, help="comma-separated class names, fixing their order")
-    p.add_argument("--exif", action="store_true", help="apply EXIF orientation (Keras does not)")
-    p.add_argument("--no-reduced-decode", action="store_true", help="never use JPEG DCT-domain downscaling")
-    p.add_argument(
-        "--max-pixels", type=_max_pixels, default=DEFAULT_MAX_PIXELS,
-        help="refuse images declaring more pixels than this (decompression-bomb guard); 'none' for no limit",
-    )  # fmt: skip
-    p.add_argument("--follow-links", action="store_true", help="follow symbolic links out of SOURCE")
-    p.add_argument("--compression", default="none", help="none, lzf, gzip or gzip:LEVEL")
-    p.add_argument("--on-error", default="skip", choices=("skip", "raise"), help="what to do with unreadable files")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    group.add_argument("--resume", action="store_true", help="complete an interrupted output (same settings)")
-    p.add_argument("--unsafe-model", action="store_true", help="load a model file without Keras safe mode (runs its code)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    aug = p.add_argument_group(
-        "augmented copies",
-        "Store K augmented copies of every image after its plain features (ImageDataGenerator semantics).",
-    )
-    aug.add_argument("--augment-copies", type=int, default=0, metavar="K", help="augmented copies per image")
-    aug.add_argument("--augment", default=None, metavar="CONFIG.json", help="augmentation settings (Augment.to_dict() JSON)")
-    aug.add_argument("--seed", type=int, default=None, help="seed of the augmentation draws (default 0)")
-    for flag, kind, text in AUGMENT_FLAGS:
-        aug.add_argument(flag, type=kind, default=None, help=text)
-    aug.add_argument("--horizontal-flip", action="store_true", default=None, help="random left-right flips")
-    aug.add_argument("--vertical-flip", action="store_true", default=None, help="random up-down flips")
-    aug.add_argument("--fill-mode", default=None, choices=("constant", "nearest", "reflect", "wrap"), help="points outside the image")
-    p.set_defaults(func=run, needs_tensorflow=True, graceful_stop=True)
 
 
 def _max_pixels(text: str) -> int | None:
@@ -121,39 +65,90 @@ def augment_from_args(args):
     return Augment.from_dict({**base, **flags})
 
 
-def run(args) -> int:
-    from ..extraction import extract
+#: (flags, ExtractConfig field, argparse options, argument group): every option of ``fastfeat
+#: extract`` but the augmentation parameters. Defaults are the config's (``store_false`` flags turn
+#: a default-True field off); the values go to ``ExtractConfig`` as parsed, which checks them.
+FLAGS = (
+    (("-o", "--output"), "output", dict(required=True, help="the .h5 store to write"), None),
+    (("--model",), "model", dict(help="keras.applications short name (see `fastfeat models`) or a .keras/.h5 file"), None),
+    (("--layer",), "layers", dict(action="append", metavar="NAME[:POOL]", default=None,
+     help="layer to cut at (repeat for several; all from one forward pass). Default: block4_conv2"), None),
+    (("--pool",), "pool", dict(choices=POOLS, help="pooling for layers given without :POOL"), None),
+    (("--image-size",), "image_size", dict(help="N or HxW (default: the model's own)"), None),
+    (("--batch-size",), "batch_size", dict(type=int, help="images per forward pass (default: automatic, within memory)"), None),
+    (("--weights",), "weights", dict(help="imagenet, none (random init), or a weights file for the headless base"), None),
+    (("--preprocess",), "preprocess", dict(choices=MODES, help="normalization override (default: the model's own)"), None),
+    (("--interpolation",), "interpolation", dict(choices=list(INTERPOLATIONS), help="resize filter; nearest = Keras parity"), None),
+    (("--dtype",), "dtype", dict(choices=DTYPES, help="stored feature dtype"), None),
+    (("--precision",), "precision", dict(choices=PRECISION_CHOICES, help=(
+        "inference precision; auto: the fastest native precision within 2e-2 of float32, measured once on "
+        "a few images when that costs <= 5%% of the job, and cached per machine/model/layer/size (default: auto)")), None),
+    (("--remeasure-precision",), "remeasure_precision", dict(action="store_true",
+     help="with --precision auto: ignore the cached decision, measure decisively and cache the new one"), None),
+    (("--device",), "device", dict(help="auto, cpu, gpu or gpu:N"), None),
+    (("--classes",), "classes", dict(help="comma-separated class names, fixing their order"), None),
+    (("--exif",), "exif", dict(action="store_true", help="apply EXIF orientation (Keras does not)"), None),
+    (("--no-reduced-decode",), "reduced_decode", dict(action="store_false", help="never use JPEG DCT-domain downscaling"), None),
+    (("--max-pixels",), "max_pixels", dict(type=_max_pixels, help=(
+        "refuse images declaring more pixels than this (decompression-bomb guard); 'none' for no limit")), None),
+    (("--follow-links",), "follow_links", dict(action="store_true", help="follow symbolic links out of SOURCE"), None),
+    (("--compression",), "compression", dict(help="none, lzf, gzip or gzip:LEVEL"), None),
+    (("--on-error",), "on_error", dict(choices=ON_ERROR, help="what to do with unreadable files"), None),
+    (("--overwrite",), "overwrite", dict(action="store_true", help="replace an existing output"), "mode"),
+    (("--resume",), "resume", dict(action="store_true", help="complete an interrupted output (same settings)"), "mode"),
+    (("--unsafe-model",), "unsafe_model", dict(action="store_true",
+     help="load a model file without Keras safe mode (runs its code)"), None),
+    (("--quiet",), "progress", dict(action="store_false", help="no progress bar or summary"), None),
+    (("--augment-copies",), "augment_copies", dict(type=int, metavar="K", help="augmented copies per image"), "augment"),
+    (("--augment",), "augment", dict(metavar="CONFIG.json", help="augmentation settings (Augment.to_dict() JSON)"), "augment"),
+    (("--seed",), "seed", dict(type=int, default=None, help="seed of the augmentation draws (default 0)"), "augment"),
+)  # fmt: skip
 
-    report = extract(
-        args.source,
-        args.output,
-        model=args.model,
-        layers=args.layers or ["block4_conv2"],
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        weights=None if args.weights.lower() == "none" else args.weights,
-        pool=args.pool,
-        preprocess=args.preprocess,
-        interpolation=args.interpolation,
-        dtype=args.dtype,
-        precision=args.precision,
-        remeasure_precision=args.remeasure_precision,
-        device=args.device,
-        classes=args.classes,
-        exif=args.exif,
-        reduced_decode=not args.no_reduced_decode,
-        max_pixels=args.max_pixels,
-        follow_links=args.follow_links,
-        compression=args.compression,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        on_error=args.on_error,
-        unsafe_model=args.unsafe_model,
-        augment=augment_from_args(args),
-        augment_copies=args.augment_copies,
-        seed=args.seed,
-        progress=not args.quiet,
+
+def register_subparser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "extract",
+        help="extract features of a folder of images into an HDF5 store",
+        description="Extract CNN features of every image under SOURCE into one HDF5 store.",
+        formatter_class=_HelpFormatter,
     )
-    if not args.quiet or report.interrupted:
+    p.add_argument("source", help="folder of class subfolders, flat folder of images, or .txt/.csv file list")
+    groups = {
+        "mode": p.add_mutually_exclusive_group(),
+        "augment": p.add_argument_group(
+            "augmented copies",
+            "Store K augmented copies of every image after its plain features (ImageDataGenerator semantics).",
+        ),
+    }
+    defaults = config_defaults()
+    for flags, name, options, group in FLAGS:
+        options = {"dest": name, **options}
+        if options.get("action") not in ("store_true", "store_false", "append"):
+            options.setdefault("default", defaults.get(name))
+        (groups[group] if group else p).add_argument(*flags, **options)
+    aug = groups["augment"]
+    for flag, kind, text in AUGMENT_FLAGS:
+        aug.add_argument(flag, type=kind, default=None, help=text)
+    aug.add_argument("--horizontal-flip", action="store_true", default=None, help="random left-right flips")
+    aug.add_argument("--vertical-flip", action="store_true", default=None, help="random up-down flips")
+    aug.add_argument("--fill-mode", default=None, choices=("constant", "nearest", "reflect", "wrap"), help="points outside the image")
+    p.set_defaults(func=run, needs_tensorflow=True, graceful_stop=True)
+
+
+def config_from_args(args) -> ExtractConfig:
+    """The :class:`ExtractConfig` of parsed ``fastfeat extract`` arguments (checked)."""
+    values = {name: getattr(args, name) for _, name, _, _ in FLAGS}
+    if values["layers"] is None:
+        del values["layers"]  # the config's default cut
+    values["augment"] = augment_from_args(args)
+    known = {f.name for f in dataclasses.fields(ExtractConfig)}
+    return ExtractConfig(args.source, **{k: v for k, v in values.items() if k in known})
+
+
+def run(args) -> int:
+    from ..extraction import run as run_extraction
+
+    report = run_extraction(config_from_args(args))
+    if args.progress or report.interrupted:
         print(report.summary())
     return 130 if report.interrupted else 0
