@@ -14,13 +14,15 @@ import os
 
 import numpy as np
 
+from ..runkeys import MERGE_KEYS
 from .codecs import DamagedStoreError
 from .reader import open_store
 from .sharded import shard_files
 from .writer import StoreWriter
 
-#: Run settings that must agree for features to be comparable, hence mergeable.
-MUST_MATCH = ("model", "layers", "shapes", "dtype", "image_size", "preprocess", "weights", "interpolation")
+#: Run settings that must agree for features to be comparable, hence mergeable (the table of
+#: :mod:`fastfeat.runkeys`, shared with the run description).
+MUST_MATCH = MERGE_KEYS
 #: Bytes of features copied per step.
 BLOCK_BYTES = 64 * 1024 * 1024
 
