@@ -18,7 +18,7 @@ from . import checks
 from .decode import DEFAULT_MAX_PIXELS, check_interpolation
 from .precision import check_precision
 from .preprocess import resolve_preprocess
-from .registry import get_spec, is_model_file
+from .registry import POOLS, feature_key, get_spec, is_model_file, parse_layer
 from .runtime import parse_device
 from .runkeys import MERGE_KEYS, RESUME_KEYS, RUN_KEYS, check_resumable  # noqa: F401 -- re-exported
 from .store.chunks import parse_compression
@@ -26,24 +26,7 @@ from .store.chunks import parse_compression
 
 DTYPES = ("float32", "float16")
 ON_ERROR = ("skip", "raise")
-POOLS = ("none", "avg", "max")
 DEFAULT_LAYERS = ("block4_conv2",)
-
-
-def parse_layer(spec: str, default_pool: str = "none") -> tuple[str, str]:
-    """Split ``"name"`` or ``"name:avg"`` into (layer name, pool)."""
-    name, sep, pool = str(spec).rpartition(":")
-    if not sep:
-        name, pool = spec, default_pool
-    pool = pool.lower()
-    if pool not in POOLS:
-        raise ValueError(f"Pooling must be one of {', '.join(POOLS)}. Received: {spec!r}")
-    return name, pool
-
-
-def feature_key(layer: str, pool: str) -> str:
-    """The store's name for a cut: the layer name, with ``:avg``/``:max`` when pooled."""
-    return layer if pool == "none" else f"{layer}:{pool}"
 
 
 def check_compression(spec: str | None) -> str:

@@ -18,25 +18,7 @@ import os
 
 from . import checks
 from .precision import PRECISIONS, check_precision, rebuild_with_policy  # noqa: F401 -- PRECISIONS re-exported
-from .registry import ModelSpec, get_spec, is_model_file, models  # noqa: F401 -- re-exported
-
-POOLS = ("none", "avg", "max")
-
-
-def parse_layer(spec: str, default_pool: str = "none") -> tuple[str, str]:
-    """Split ``"name"`` or ``"name:avg"`` into (layer name, pool)."""
-    name, sep, pool = str(spec).rpartition(":")
-    if not sep:
-        name, pool = spec, default_pool
-    pool = pool.lower()
-    if pool not in POOLS:
-        raise ValueError(f"Pooling must be one of {', '.join(POOLS)}. Received: {spec!r}")
-    return name, pool
-
-
-def feature_key(layer: str, pool: str) -> str:
-    """The store's name for a cut: the layer name, with ``:avg``/``:max`` when pooled."""
-    return layer if pool == "none" else f"{layer}:{pool}"
+from .registry import POOLS, ModelSpec, feature_key, get_spec, is_model_file, models, parse_layer  # noqa: F401
 
 
 def normalize_size(image_size) -> tuple[int, int] | None:

@@ -1,7 +1,7 @@
-"""The registry of keras.applications models fastfeat knows by name.
+"""The registry of keras.applications models fastfeat knows by name, and the names of cuts.
 
 Each family is a :class:`ModelSpec`: its constructor, default input size and input
-normalization. Pure data: this module imports nothing from fastfeat and never imports Keras, so
+normalization; a cut is ``layer`` or ``layer:pool`` (:func:`parse_layer`, :func:`feature_key`). Pure data: this module imports nothing from fastfeat and never imports Keras, so
 lower layers (input normalization, the dataset) can resolve a model name without the model code.
 """
 
@@ -85,3 +85,23 @@ def get_spec(name: str) -> ModelSpec:
             f"Received: model={name!r}"
         )
     return _REGISTRY[key]
+
+
+#: Pooling of a cut: none (the feature map), or global average / max over its spatial axes.
+POOLS = ("none", "avg", "max")
+
+
+def parse_layer(spec: str, default_pool: str = "none") -> tuple[str, str]:
+    """Split ``"name"`` or ``"name:avg"`` into (layer name, pool)."""
+    name, sep, pool = str(spec).rpartition(":")
+    if not sep:
+        name, pool = spec, default_pool
+    pool = pool.lower()
+    if pool not in POOLS:
+        raise ValueError(f"Pooling must be one of {', '.join(POOLS)}. Received: {spec!r}")
+    return name, pool
+
+
+def feature_key(layer: str, pool: str) -> str:
+    """The store's name for a cut: the layer name, with ``:avg``/``:max`` when pooled."""
+    return layer if pool == "none" else f"{layer}:{pool}"
