@@ -71,7 +71,7 @@ def check_outputs(out, names):
 
 @pytest.mark.parametrize("kind", ["logistic", "svm", "rf", "knn", "dense"])
 def test_every_classifier_runs_and_writes_its_report(store4, tmp_path, kind):
-    opts = {"sweep": [1e-4], "epochs": 8} if kind == "dense" else {}
+    opts = {"sweep": [1e-4], "epochs": 5} if kind == "dense" else {}
     opts.update({"options": {"n_estimators": 30}} if kind == "rf" else {})
     report = fastfeat.probe(store4, classifier=kind, output=tmp_path / "out", bootstrap=50, **opts)
     names = ["class0", "class1", "class2", "class3"]
@@ -216,10 +216,10 @@ def test_arguments_are_checked(store4, kwargs, match):
 
 
 def test_existing_classifier_is_not_overwritten_silently(store4, tmp_path):
-    fastfeat.probe(store4, output=tmp_path, bootstrap=0)
+    fastfeat.probe(store4, output=tmp_path, bootstrap=0, sweep=[1.0])
     with pytest.raises(FileExistsError, match="overwrite"):
-        fastfeat.probe(store4, output=tmp_path, bootstrap=0)
-    fastfeat.probe(store4, output=tmp_path, bootstrap=0, overwrite=True)
+        fastfeat.probe(store4, output=tmp_path, bootstrap=0, sweep=[1.0])
+    fastfeat.probe(store4, output=tmp_path, bootstrap=0, sweep=[1.0], overwrite=True)
 
 
 def test_rf_over_the_memory_budget_refuses_with_advice(store4):
@@ -250,3 +250,13 @@ def test_probe_cli_options_and_json(store4, tmp_path, capsys):
     assert printed["mode"] == "stream" and [s["value"] for s in printed["sweep"]] == [0.01, 0.1]
     assert main(argv) == 2  # the classifier exists: --overwrite is needed
     assert "overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype, compression", [("float16", None), ("float32", "lzf")])
+@pytest.mark.parametrize("max_memory", [None, "10K"])
+def test_float16_and_compressed_stores(tmp_path, dtype, compression, max_memory):
+    X, y = clusters(40, 3, 12, separation=1.5, seed=5)
+    path = write_cluster_store(tmp_path / "s.h5", X, y, dtype=dtype, compression=compression, copies=1)
+    report = fastfeat.probe(path, classifier="logistic", max_memory=max_memory, bootstrap=0)
+    assert report.mode == ("stream" if max_memory else "memory")
+    assert report.metrics["accuracy"] > 0.8

@@ -85,3 +85,10 @@ def test_cli_channels_and_errors(map_store, tmp_path, capsys):
                  "--embedding", "none"]) == 0  # fmt: skip
     assert main(["show", map_store, "--layer", "conv", "-o", str(tmp_path), "--channels", "9"]) == 2
     assert "channels" in capsys.readouterr().err
+
+
+def test_unknown_layer_is_a_usage_error(map_store, tmp_path, capsys):
+    assert main(["show", map_store, "--layer", "nope", "-o", str(tmp_path)]) == 2
+    assert main(["probe", map_store, "--layer", "nope", "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "conv:avg" in err and "Traceback" not in err

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .data import check_rows, default_memory_budget, feature_stats, parse_memory
+from .data import check_rows, default_memory_budget, feature_stats, layer_key, parse_memory
 from .metrics import evaluate, format_metrics
 from .model import Classifier
 from .persist import JSON_NAME, save_classifier
@@ -76,11 +76,6 @@ def _check(classifier, val, val_split, tune_split, seed, epochs, batch_size):
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
             raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-
-
-def _layer_key(store, layer):
-    store.shape(layer)  # raises with the list of layers
-    return layer if layer is not None else store.layers[0]
 
 
 def probe(
@@ -159,7 +154,7 @@ def probe(
 
 def _probe(store, layer, val, val_split, kind, output, seed, sweep, tune_split, budget, epochs, batch_size,
            bootstrap, progress, options, t0) -> ProbeReport:  # fmt: skip
-    key = _layer_key(store, layer)
+    key = layer_key(store, layer)
     labels = np.asarray(store.labels)
     names = store.class_names
     if val is None:
@@ -169,7 +164,7 @@ def _probe(store, layer, val, val_split, kind, output, seed, sweep, tune_split, 
         train, test_store = store.rows_of(None), val
         test = val.rows_of(0)
         test_labels = _labels_in(val, names)
-        _layer_key(val, key)
+        layer_key(val, key)
         if tuple(val.shape(key)[1:]) != tuple(store.shape(key)[1:]):
             raise ValueError(f"`val` has {key!r} rows of shape {val.shape(key)[1:]}, the store {store.shape(key)[1:]}. "
                              f"Received: val={val.path!r}")  # fmt: skip

@@ -36,6 +36,15 @@ def default_memory_budget() -> int:
         return 2 * 2**30
 
 
+def layer_key(store, layer: str | None) -> str:
+    """The feature key ``layer`` names (the only one when ``None``); ValueError listing the layers."""
+    try:
+        store.shape(layer)
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+    return layer if layer is not None else store.layers[0]
+
+
 def chunk_rows(width: int, itemsize: int = 8) -> int:
     """Rows per step so that one step of ``width`` values per row stays near :data:`CHUNK_BYTES`."""
     return max(8, min(4096, CHUNK_BYTES // max(1, width * itemsize)))

@@ -10,6 +10,7 @@ import re
 import numpy as np
 
 from ._deps import require
+from .data import layer_key as _layer_key
 
 EMBEDDINGS = ("pca", "tsne")
 #: Channels drawn by default (the first ones).
@@ -39,8 +40,8 @@ def activations(store, layer: str | None, output_dir: str, image=0, channels=Non
     """PNG of the channels of one (H, W, C) feature map; returns its path."""
     from .plots import activation_grid_png
 
-    shape = store.shape(layer)[1:]
-    key = layer if layer is not None else store.layers[0]
+    key = _layer_key(store, layer)
+    shape = store.shape(key)[1:]
     if len(shape) != 3:
         raise ValueError(f"Activation maps need an (H, W, C) layer; {key!r} rows have shape {shape} "
                          f"(pooled?). Received: layer={key!r}")  # fmt: skip
@@ -74,8 +75,7 @@ def embedding(store, layer: str | None, output_dir: str, method: str = "pca", ma
     require("sklearn")
     from .plots import embedding_png
 
-    key = layer if layer is not None else store.layers[0]
-    store.shape(key)
+    key = _layer_key(store, layer)
     rows = store.rows_of(0)
     if len(rows) > max_points:
         rows = np.sort(np.random.default_rng(seed).choice(rows, max_points, replace=False))
@@ -132,7 +132,7 @@ def show(
     try:
         output_dir = os.fspath(output_dir)
         os.makedirs(output_dir, exist_ok=True)
-        maps = len(store.shape(layer)) == 4
+        maps = len(store.shape(_layer_key(store, layer))) == 4
         written = []
         if activation_maps or (activation_maps is None and maps):
             written.append(activations(store, layer, output_dir, image=image, channels=channels))
