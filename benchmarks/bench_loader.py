@@ -45,7 +45,7 @@ def main(argv=None) -> int:
         source, (args.size, args.size), args.batch_size, args.repeats, candidates=candidates, log=print
     )
     rows = table_rows(results)
-    columns = ["loader", "images/s", "min", "max", "x flow_from_directory", "x flow (paired)", "% of limit",
+    columns = ["loader", "images/s", "min", "max", "x flow", "x flow (paired)", "% of limit",
                "% of limit (paired)", "cpu ms/img", "% of limit (cpu)", "note"]  # fmt: skip
     print_table(
         rows,

@@ -11,9 +11,12 @@ PIL nearest (its default and its fastest), the others bilinear.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import statistics
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +38,10 @@ BASELINE = "flow_from_directory"
 #: Formats every candidate reads (flow_from_directory and image_dataset_from_directory differ beyond these).
 COMMON_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 LIMIT = "opencv limit"
+#: Fewer images than this measure start-up (tracing, thread pools, file cache), not throughput.
+MIN_MEANINGFUL_IMAGES = 200
+#: The columns ``fastfeat bench`` prints (they fit 100 columns; the JSON keeps every column).
+TABLE_COLUMNS = ("loader", "images/s", "x flow", "x flow (paired)", "% of limit", "cpu ms/img")
 
 
 @dataclass
@@ -90,9 +97,10 @@ def _flow(folder, size, batch_size, augment: bool) -> Callable[[], int]:
     import tensorflow as tf
 
     generator = tf.keras.preprocessing.image.ImageDataGenerator(**(COURSE_AUGMENTATION if augment else {}))
-    iterator = generator.flow_from_directory(
-        folder, target_size=size, batch_size=batch_size, class_mode="sparse", shuffle=False, follow_links=True
-    )
+    with contextlib.redirect_stdout(io.StringIO()):  # "Found N images belonging to K classes.", once per candidate
+        iterator = generator.flow_from_directory(
+            folder, target_size=size, batch_size=batch_size, class_mode="sparse", shuffle=False, follow_links=True
+        )
 
     def run() -> int:
         return sum(len(iterator[i][0]) for i in range(len(iterator)))
@@ -210,7 +218,8 @@ def compare_loaders(
                     results[name].rates.append(rate)
                     results[name].cpu_ms.append(cpu_ms)
             if log is not None and round_:
-                log(f"round {round_}/{repeats}: " + ", ".join(f"{k} {v.rates[-1]:.0f}" for k, v in results.items()))
+                line = f"round {round_}/{repeats}, img/s: " + ", ".join(f"{k} {v.rates[-1]:.0f}" for k, v in results.items())
+                log(textwrap.fill(line, width=100, subsequent_indent="    "))
     return list(results.values())
 
 
@@ -241,7 +250,7 @@ def table_rows(results: list[LoaderResult]) -> list[dict]:
                 "images/s": r.median,
                 "min": min(r.rates),
                 "max": max(r.rates),
-                "x flow_from_directory": r.median / base if base else None,
+                "x flow": r.median / base if base else None,
                 "% of limit": 100 * r.median / limit if limit else None,
                 "x flow (paired)": paired(r, BASELINE),
                 "% of limit (paired)": 100 * paired(r, LIMIT) if limit else None,
@@ -251,6 +260,17 @@ def table_rows(results: list[LoaderResult]) -> list[dict]:
             }
         )
     return rows
+
+
+def sample_warning(images: int, batch_size: int) -> str | None:
+    """A warning when ``images`` are too few for the rates to mean anything, else ``None``."""
+    if images >= MIN_MEANINGFUL_IMAGES:
+        return None
+    return (
+        f"only {images} images: each round takes about {max(1, -(-images // batch_size))} batch(es), so these "
+        f"rates measure start-up (tracing, thread pools, the file cache), not throughput. "
+        f"Use a folder of at least {MIN_MEANINGFUL_IMAGES} images for numbers worth comparing."
+    )
 
 
 def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
@@ -265,4 +285,4 @@ def format_table(rows: list[dict], columns: list[str] | None = None) -> str:
     widths = {c: max(len(c), *(len(fmt(r.get(c))) for r in rows)) for c in columns}
     lines = ["  ".join(c.ljust(widths[c]) for c in columns), "  ".join("-" * widths[c] for c in columns)]
     lines += ["  ".join(fmt(r.get(c)).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)

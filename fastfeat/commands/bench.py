@@ -28,7 +28,10 @@ def register_subparser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..bench import CANDIDATES, compare_loaders, format_table, table_rows
+    import sys
+    import textwrap
+
+    from ..bench import CANDIDATES, TABLE_COLUMNS, compare_loaders, format_table, sample_warning, table_rows
     from ..models import normalize_size
 
     candidates = [c for c in CANDIDATES if not (args.no_augment and c.endswith("augmented"))]
@@ -43,10 +46,15 @@ def run(args) -> int:
     )
     rows = table_rows(results)
     print(
-        f"\n{results[0].images} images, {args.image_size} px, batch {args.batch_size}, "
-        f"median of {args.repeats} rounds (CPU ms/img is steadier than images/s on a busy machine)"
+        f"\n{results[0].images} images, {args.image_size} px, batch {args.batch_size}, median of {args.repeats} "
+        "rounds\n(CPU ms/img is steadier than images/s on a busy machine)"
     )
-    print(format_table(rows))
+    print(format_table(rows, list(TABLE_COLUMNS)))
+    print("x flow: images/s over flow_from_directory's (PIL nearest, its default); paired: median of the\n"
+          "per-round ratios; % of limit: of OpenCV decode+resize on every core. --json keeps every column.")
+    warning = sample_warning(results[0].images, args.batch_size)
+    if warning:
+        print(textwrap.fill(f"fastfeat: warning: {warning}", width=100, break_on_hyphens=False), file=sys.stderr)
     if args.json:
         with open(args.json, "w") as f:
             rates = {r.name: r.rates for r in results}
