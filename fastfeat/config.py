@@ -21,7 +21,6 @@ from .preprocess import resolve_preprocess
 from .registry import POOLS, feature_key, get_spec, is_model_file, parse_layer
 from .runtime import parse_device
 from .runkeys import MERGE_KEYS, RESUME_KEYS, RUN_KEYS, check_resumable  # noqa: F401 -- re-exported
-from .store.chunks import parse_compression
 
 
 DTYPES = ("float32", "float16")
@@ -31,6 +30,8 @@ DEFAULT_LAYERS = ("block4_conv2",)
 
 def check_compression(spec: str | None) -> str:
     """``None``/``""``/``"none"``, ``"lzf"``, ``"gzip"`` or ``"gzip:LEVEL"`` (0..9), normalized."""
+    from .store.chunks import parse_compression  # lazy: the CLI's --help does not load h5py
+
     parse_compression(spec)
     return "none" if spec in (None, "", "none") else str(spec)
 
