@@ -204,6 +204,8 @@ def _probe(store, layer, val, val_split, kind, output, seed, sweep, tune_split, 
         )
     else:
         result = fit_in_memory(kind, view, labels, fit_rows, tune_rows, base, seed=seed, sweep=sweep, options=options)
+    if len(tune_rows) < 20:
+        result.notes.append(f"only {len(tune_rows)} tuning rows: the regularization choice is noisy")
     clf = result.classifier
     proba = clf.predict_proba(test_store.arrays(key, rows=test)[0])
     metrics = evaluate(test_labels[test], proba, names, bootstrap=bootstrap, seed=seed)
