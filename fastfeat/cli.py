@@ -14,7 +14,7 @@ import sys
 from ._version import __version__
 
 #: Subcommand modules under fastfeat.commands, in help order.
-COMMANDS = ("extract", "cache", "models", "layers", "info", "merge", "bench")
+COMMANDS = ("extract", "cache", "models", "layers", "info", "export", "merge", "bench", "probe", "classify", "show")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,143 @@
+"""Exporting a store for tools that do not read HDF5: rows as CSV, a layer as ``.npy``, CSV or Parquet.
+
+Every export streams: rows are read a bounded number of bytes at a time (:data:`STEP_BYTES`), so a
+store larger than memory exports with flat memory. ``.npy`` is written through a memory map of the
+output; Parquet needs ``pyarrow`` (``pip install pyarrow``). Works on any store ``open_store``
+opens (one file or a sharded output folder). Never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+
+#: Bytes of features read per step.
+STEP_BYTES = 32 * 2**20
+FORMATS = ("npy", "csv", "parquet")
+ROW_COLUMNS = ("row", "path", "label", "class", "copy", "image")
+#: A CSV export refuses layers wider than this (a 28x28x512 map is 401,408 columns: use npy or pool it).
+MAX_CSV_COLUMNS = 100_000
+
+
+def row_table(store) -> list[dict]:
+    """One dict per row: ``row``, ``path``, ``label`` (class index, -1 unlabeled), ``class`` (name or
+    empty), ``copy`` (0 plain, k the k-th augmented copy) and ``image`` (the source image's identity)."""
+    names = list(store.class_names)
+    labels, copies, index, paths = store.labels, store.copies, store.index, store.paths
+    return [
+        {"row": i, "path": paths[i], "label": int(labels[i]),
+         "class": names[labels[i]] if 0 <= labels[i] < len(names) else "", "copy": int(copies[i]),
+         "image": int(index[i])}
+        for i in range(len(store))
+    ]  # fmt: skip
+
+
+def write_rows_csv(store, path: str | os.PathLike) -> int:
+    """Write :func:`row_table` as CSV (``-`` for standard output); returns the rows written."""
+    rows = row_table(store)
+    if os.fspath(path) == "-":
+        import sys
+
+        _write_csv(sys.stdout, rows)
+    else:
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            _write_csv(f, rows)
+    return len(rows)
+
+
+def _write_csv(f, rows) -> None:
+    writer = csv.DictWriter(f, fieldnames=list(ROW_COLUMNS))
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def format_of(path: str | os.PathLike, fmt: str | None = None) -> str:
+    """The export format: ``fmt`` if given, else the output's extension."""
+    if fmt is None:
+        fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise ValueError(
+            f"`format` must be one of {', '.join(FORMATS)} (or an output ending in .npy, .csv, .parquet). "
+            f"Received: format={fmt!r}, output={os.fspath(path)!r}"
+        )
+    return fmt
+
+
+def _steps(n: int, row_bytes: int):
+    step = max(1, STEP_BYTES // max(row_bytes, 1))
+    for start in range(0, n, step):
+        yield start, min(n, start + step)
+
+
+def export_layer(store, layer: str | None, output: str | os.PathLike, fmt: str | None = None,
+                 overwrite: bool = False) -> dict:  # fmt: skip
+    """Write one layer's features (flattened per row for CSV and Parquet) with the row columns.
+
+    ``npy``: ``OUTPUT`` holds the (rows, ...) array as stored, and ``OUTPUT`` minus ``.npy`` plus
+    ``.rows.csv`` the row columns. ``csv``: one line per row, the row columns then ``f0..fD-1``.
+    ``parquet``: the row columns and a fixed-size list column ``features``.
+
+    Returns:
+        ``{"format", "rows", "shape", "files"}``.
+    """
+    output = os.fspath(output)
+    fmt = format_of(output, fmt)
+    features = store.features(layer)
+    key = layer if layer is not None else store.meta.get("layers", [None])[0]
+    shape = tuple(int(d) for d in features.shape)
+    n, width = shape[0], int(np.prod(shape[1:], dtype=np.int64))
+    row_bytes = width * np.dtype(features.dtype).itemsize
+    files = [output]
+    if fmt == "npy":
+        files.append(os.path.splitext(output)[0] + ".rows.csv")
+    for path in files:
+        if os.path.exists(path) and not overwrite:
+            raise FileExistsError(f"{path!r} exists. Pass --overwrite to replace it.")
+    if fmt == "csv" and width > MAX_CSV_COLUMNS:
+        raise ValueError(
+            f"Layer {key!r} has {width:,} values per row: too wide for CSV. Export it as .npy or .parquet, or "
+            f"extract it pooled (--layer {key}:avg). Received: format='csv'"
+        )
+    rows = row_table(store)
+    if fmt == "npy":
+        out = np.lib.format.open_memmap(output, mode="w+", dtype=features.dtype, shape=shape)
+        for a, b in _steps(n, row_bytes):
+            out[a:b] = np.asarray(features[a:b])
+        out.flush()
+        del out
+        with open(files[1], "w", newline="", encoding="utf-8") as f:
+            _write_csv(f, rows)
+    elif fmt == "csv":
+        with open(output, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow([*ROW_COLUMNS, *(f"f{j}" for j in range(width))])
+            for a, b in _steps(n, row_bytes):
+                block = np.asarray(features[a:b]).reshape(b - a, width)
+                for i in range(a, b):
+                    r = rows[i]
+                    writer.writerow([*(r[c] for c in ROW_COLUMNS), *(repr(float(v)) for v in block[i - a])])
+    else:
+        _write_parquet(output, features, rows, n, width, row_bytes)
+    return {"format": fmt, "rows": n, "shape": list(shape), "layer": key, "files": files}
+
+
+def _write_parquet(output, features, rows, n, width, row_bytes) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError("Parquet export needs pyarrow: pip install pyarrow") from None
+    value_type = pa.float16() if np.dtype(features.dtype) == np.float16 else pa.float32()
+    schema = pa.schema([
+        ("row", pa.int64()), ("path", pa.string()), ("label", pa.int64()), ("class", pa.string()),
+        ("copy", pa.int64()), ("image", pa.int64()), ("features", pa.list_(value_type, width)),
+    ])  # fmt: skip
+    with pq.ParquetWriter(output, schema) as writer:
+        for a, b in _steps(n, row_bytes):
+            block = np.ascontiguousarray(np.asarray(features[a:b]).reshape(-1))
+            values = pa.FixedSizeListArray.from_arrays(pa.array(block, type=value_type), width)
+            part = rows[a:b]
+            columns = [pa.array([r[c] for r in part]) for c in ROW_COLUMNS]
+            writer.write_table(pa.Table.from_arrays([*columns, values], schema=schema))
