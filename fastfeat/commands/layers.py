@@ -9,7 +9,7 @@ def register_subparser(subparsers) -> None:
         help="list a model's layers and their output shapes",
         description="List the layers of MODEL (a short name or a .keras/.h5 file) with output shapes.",
     )
-    p.add_argument("model")
+    p.add_argument("model", help="a short name from `fastfeat models` (vgg19, resnet50, ...) or a .keras/.h5 file")
     p.add_argument("--image-size", default=None, help="N or HxW (default: the model's own)")
     p.add_argument("--pool", default="none", choices=("none", "avg", "max"), help="show shapes after pooling")
     p.add_argument("--unsafe-model", action="store_true", help="load a model file without Keras safe mode")

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 
 def register_subparser(subparsers) -> None:
-    p = subparsers.add_parser("models", help="list the models known by short name")
+    p = subparsers.add_parser(
+        "models",
+        help="list the models known by short name",
+        description="List the keras.applications models fastfeat builds by short name (--model NAME), with "
+        "their default input size, the input normalization of their preprocess_input, and the Keras "
+        "constructor. Any saved .keras/.h5 model file works too. `fastfeat layers NAME` lists a model's layers.",
+    )
     p.set_defaults(func=run)
 
 
