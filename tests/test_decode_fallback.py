@@ -397,3 +397,21 @@ def test_header_quirk_checks_survive_random_damage():
                 assert check_complete(header, data) is None or isinstance(check_complete(header, data), str)
         except DecodeError:
             pass
+
+
+@pytest.mark.xfail(strict=True, reason="until the loader's pass runs inside quiet.filtered_stderr (fastfeat/loader.py, "
+                   "worker_dataset's one_pass): libpng's IDAT message from the first OpenCV attempt gets out")
+def test_image_dataset_pass_over_damaged_data_prints_nothing(tmp_path, capfd):
+    """Only files without fallbacks or quirks besides the damaged PNG: no capture window of another
+    thread can swallow libpng's line by chance, so this fails (or passes) every time."""
+    from fastfeat import image_dataset
+
+    files = {"idat.png": BOTH_FAIL["png-corrupt-idat"](), "ok.jpg": encode(RGB, "JPEG"), "ok.png": encode(RGB, "PNG")}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    ds = image_dataset(tmp_path, image_size=(8, 8), batch_size=2, preprocess=None, shuffle=False, label_mode=None)
+    capfd.readouterr()
+    with pytest.warns(UserWarning, match="skipping unreadable image .*idat.png .cannot decode PNG: OpenCV: libpng"):
+        rows = sum(int(batch.shape[0]) for batch in ds)
+    assert rows == 2  # the corrupt PNG is dropped
+    assert capfd.readouterr() == ("", "")
