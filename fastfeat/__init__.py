@@ -16,16 +16,20 @@ __all__ = [
     "build_cache",
     "build_catalog",
     "extract",
+    "extract_sharded",
     "image_dataset",
     "open_store",
+    "probe",
 ]
 
 _LAZY = {
     "Augment": ("fastfeat.augment", "Augment"),
     "image_dataset": ("fastfeat.dataset", "image_dataset"),
     "extract": ("fastfeat.extraction", "extract"),
+    "extract_sharded": ("fastfeat.sharding", "extract_sharded"),
     "ExtractReport": ("fastfeat.extraction", "ExtractReport"),
     "open_store": ("fastfeat.store", "open_store"),
+    "probe": ("fastfeat.probes", "probe"),
     "FeatureStore": ("fastfeat.store", "FeatureStore"),
     "build_catalog": ("fastfeat.catalog", "build_catalog"),
     "build_cache": ("fastfeat.cache", "build_cache"),

@@ -71,10 +71,13 @@ def _check_args(image_size, batch_size, label_mode, validation_split, subset, sh
 def split_positions(n: int, validation_split: float | None, shuffle: bool, seed: int | None):
     """``(training, validation)`` catalog positions, each sorted; disjoint and together complete.
 
-    With ``shuffle`` the split is drawn at random from ``seed`` (the last ``int(split * n)`` of a
-    permutation go to validation), else the catalog's last items are the validation set, as Keras does.
+    The same split as ``keras.utils.image_dataset_from_directory`` for the same ``seed`` and files:
+    with ``shuffle`` the file list is permuted by ``np.random.RandomState(seed)`` (as Keras'
+    ``index_directory`` does) and the last ``int(split * n)`` go to validation; without it the
+    catalog's last items are the validation set. (The catalog lists files in Keras' order; a folder
+    holding formats Keras skips, such as TIFF or WebP, has other files and so another split.)
     """
-    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    order = np.random.RandomState(seed).permutation(n) if shuffle else np.arange(n)
     num_val = int(validation_split * n) if validation_split else 0
     return np.sort(order[: n - num_val]), np.sort(order[n - num_val :])
 
@@ -83,7 +86,7 @@ def image_dataset(
     directory: str | os.PathLike,
     image_size: tuple[int, int] = (224, 224),
     batch_size: int = 32,
-    preprocess: str | Normalization | None = "vgg19",
+    preprocess: str | Normalization | None = None,
     augment: Augment | dict | None = None,
     shuffle: bool = True,
     seed: int | None = None,
@@ -107,7 +110,8 @@ def image_dataset(
         image_size: (height, width) the images are resized to.
         batch_size: images per batch (the last batch may be smaller).
         preprocess: a model short name (its ``preprocess_input``), a mode (``caffe``, ``tf``, ``torch``,
-            ``rescale``, ``none``), or ``None`` for raw 0..255 float32 as Keras gives.
+            ``rescale``, ``none``), or ``None`` (the default) for raw 0..255 float32 as Keras'
+            loaders give, for models that normalize inside (or with a preprocessing layer).
         augment: an :class:`fastfeat.Augment` (or its dict) applied to every image, new draws each epoch.
         shuffle: reshuffle the images every epoch (else catalog order).
         seed: makes the shuffles, the split and the augmentation reproducible (random if ``None``).
