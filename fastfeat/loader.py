@@ -40,6 +40,7 @@ from . import decode as _decode
 from .catalog import Catalog
 from .kernels import empty_aligned, normalize_batch
 from .preprocess import Normalization, get_normalization
+from .quiet import filtered_stderr
 from .runtime import usable_cores
 from .workers import ordered_map
 
@@ -231,7 +232,7 @@ def worker_dataset(items: Callable[[], Iterable], fn: Callable, signature, lengt
 
     def one_pass():
         keep_large_allocations()
-        with opencv_single_threaded():
+        with opencv_single_threaded(), filtered_stderr():  # libpng/libjpeg lines stay off the terminal
             yield from ordered_map(fn, items(), threads, ahead)
 
     ds = tf.data.Dataset.from_generator(one_pass, output_signature=signature)

@@ -399,8 +399,6 @@ def test_header_quirk_checks_survive_random_damage():
             pass
 
 
-@pytest.mark.xfail(strict=True, reason="until the loader's pass runs inside quiet.filtered_stderr (fastfeat/loader.py, "
-                   "worker_dataset's one_pass): libpng's IDAT message from the first OpenCV attempt gets out")
 def test_image_dataset_pass_over_damaged_data_prints_nothing(tmp_path, capfd):
     """Only files without fallbacks or quirks besides the damaged PNG: no capture window of another
     thread can swallow libpng's line by chance, so this fails (or passes) every time."""

@@ -24,6 +24,7 @@ from .. import checks
 from ..catalog import IMAGE_EXTENSIONS, Catalog, build_catalog
 from ..decode import DEFAULT_MAX_PIXELS
 from ..loader import DecodeOptions, Loader, default_ahead, keep_large_allocations, ordered_map, pipeline_threads
+from ..quiet import filtered_stderr
 from . import layout
 from .reader import CachedRows, ImageCache, StaleCacheError
 
@@ -211,7 +212,8 @@ def write_cache(catalog: Catalog, options: DecodeOptions, output: str, mode: str
         threads = pipeline_threads(threads)
         keep_large_allocations()
         batches = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
-        with tqdm(total=len(positions), unit="img", disable=not progress, dynamic_ncols=True, desc="cache") as bar:
+        with tqdm(total=len(positions), unit="img", disable=not progress, dynamic_ncols=True, desc="cache") as bar, \
+                filtered_stderr():  # libpng/libjpeg lines stay off the terminal
             for batch, prints, images, ok, reused in ordered_map(work, batches, threads, default_ahead(threads)):
                 good, bad = batch[ok], batch[~ok]
                 writer.append({layout.IMAGES: images[ok], layout.FINGERPRINT: prints[ok]}, catalog.labels[good],
