@@ -118,31 +118,51 @@ def extract(
     return run(config, stop=stop)
 
 
-def run(config: ExtractConfig, stop: StopToken | None = None) -> ExtractReport:
-    """Run the extraction ``config`` describes (see :func:`extract`); ``stop`` as there."""
+def run(config: ExtractConfig, stop: StopToken | None = None, part: tuple[int, int] | None = None) -> ExtractReport:
+    """Run the extraction ``config`` describes (see :func:`extract`); ``stop`` as there.
+
+    ``part=(k, n)``: only part ``k`` of the catalog cut into ``n`` contiguous parts (a shard, see
+    :mod:`fastfeat.sharding`); rows keep their position in the whole catalog as ``index``, the
+    store's meta describes the whole catalog and records ``part``.
+    """
     t_start = time.perf_counter()
     stop = StopToken() if stop is None else stop
     with running(stop):  # a stop requested from here on (start-up included) ends the run after one batch
         config.check_paths()  # with the config's own checks: everything that needs no model, before TensorFlow
         plan = plan_extraction(config)
+        if part is not None:
+            plan = plan.parts(_check_part(part)[1])[part[0]]
         startup = {"catalog": time.perf_counter() - t_start}
         built = build_model(config, plan.precision, plan.batch_size, images=len(plan.catalog))
         try:
             startup["model_build"] = built.build_seconds
-            return _execute(plan, built, startup, stop, t_start)
+            return _execute(plan, built, startup, stop, t_start, part)
         finally:
             restore_threads(built.runtime.threads)  # OpenCV's and Numba's thread counts as they were
 
 
-def _execute(plan: ExtractPlan, built, startup: dict, stop: StopToken, t_start: float) -> ExtractReport:
+def _check_part(part) -> tuple[int, int]:
+    """``part`` as ``(k, n)`` with ``0 <= k < n``."""
+    from .checks import is_int
+
+    pair = isinstance(part, (tuple, list)) and len(part) == 2 and all(is_int(v) for v in part)
+    if not (pair and 0 <= part[0] < part[1]):
+        raise ValueError(f"`part` must be (k, n) with 0 <= k < n. Received: part={part!r}")
+    return int(part[0]), int(part[1])
+
+
+def _execute(plan: ExtractPlan, built, startup: dict, stop: StopToken, t_start: float, part=None) -> ExtractReport:
     config, catalog = plan.config, plan.catalog
     meta = run_meta(plan, built)
+    if part is not None:
+        meta["part"] = {"index": int(part[0]), "count": int(part[1]), "start": plan.bounds[0], "stop": plan.bounds[1]}
     if plan.stored is not None:
         check_resumable(plan.stored, meta)  # before the store is opened for writing: a refusal changes nothing
     keys, mode = config.feature_keys, config.mode
     writer = StoreWriter(
         config.output, {k: (built.shapes[k], config.dtype) for k in keys},
-        capacity=len(catalog) * (1 + config.augment_copies), class_names=catalog.class_names, meta=meta,
+        capacity=(plan.bounds[1] - plan.bounds[0]) * (1 + config.augment_copies), class_names=catalog.class_names,
+        meta=meta,
         mode=mode, compression=config.compression,
     )  # fmt: skip
     report = ExtractReport(

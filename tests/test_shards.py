@@ -9,9 +9,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
-import time
-import warnings
 
 import numpy as np
 import pytest
@@ -228,3 +225,125 @@ def test_plan_job_creates_joins_and_refuses(class_tree, tiny_model_file, tmp_pat
         plan_job(root, tmp_path / "busy", 2, **settings)
     with pytest.raises(ValueError, match="`progress` is set per shard"):
         plan_job(root, tmp_path / "j3", 2, progress=False, **settings)
+
+
+# -- real shards (a tiny model): equal to a single-machine run ----------------------------------------
+
+N_REAL = 14
+REAL = dict(layers=["conv1", "conv3:avg"], batch_size=2, precision="float32")
+
+
+@pytest.fixture(scope="module")
+def real_folder(tmp_path_factory):
+    from conftest import write_image
+
+    root = tmp_path_factory.mktemp("shards") / "images"
+    for i in range(N_REAL):
+        write_image(root / f"class_{i % 3}" / f"{i:03d}.png", i, size=(30 + i % 5, 34))
+    (root / "class_1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    return root
+
+
+@pytest.fixture(scope="module")
+def single_run(real_folder, tiny_model_file, tmp_path_factory):
+    import fastfeat
+
+    out = tmp_path_factory.mktemp("single") / "single.h5"
+    fastfeat.extract(real_folder, out, model=tiny_model_file, progress=False, **REAL)
+    return out
+
+
+def _assert_same(store, reference):
+    with open_store(reference) as ref:
+        assert store.complete and len(store) == len(ref) == N_REAL
+        assert store.paths == ref.paths and store.class_names == ref.class_names
+        assert store.failures == ref.failures and len(ref.failures) == 1
+        for name in ("labels", "index", "copies", "failure_index"):
+            np.testing.assert_array_equal(getattr(store, name), getattr(ref, name), err_msg=name)
+        assert np.unique(store.index).size == len(store)  # no image twice
+        for layer in ref.layers:
+            assert np.array_equal(np.asarray(store.features(layer)), np.asarray(ref.features(layer))), layer
+
+
+def _argv(folder, out, model, *extra):
+    return ["extract", str(folder), "-o", str(out), "--model", model, "--layer", "conv1", "--layer", "conv3:avg",
+            "--batch-size", "2", "--precision", "float32", "--quiet", *extra]  # fmt: skip
+
+
+def test_shard_index_runs_in_any_order_some_twice_equal_a_single_run(real_folder, tiny_model_file, single_run,
+                                                                    tmp_path, capsys):  # fmt: skip
+    from fastfeat.cli import main
+
+    out = tmp_path / "out"
+    for k in (2, 0, 2, 1, 0):
+        assert main(_argv(real_folder, out, tiny_model_file, "--shards", "3", "--shard-index", str(k))) == 0, k
+    manifest = read_manifest(out)
+    assert [e["status"] for e in manifest["shard_list"]] == ["complete"] * 3
+    assert [e["attempts"] for e in manifest["shard_list"]] == [1, 1, 1]  # the second runs skipped
+    assert all(e["digest"].startswith("sha256:") for e in manifest["shard_list"])
+    assert sorted(os.listdir(out)) == sorted([shard_name(k, 3) for k in range(3)] + [MANIFEST, ".locks"])
+    with open_store(out) as view:
+        _assert_same(view, single_run)
+        with open_store(out / shard_name(1, 3)) as shard:
+            assert shard.meta["part"] == {"index": 1, "count": 3, "start": 5, "stop": 10}
+            assert shard.meta["catalog_size"] == N_REAL + 1  # the whole catalog's identity
+    assert main(["merge", str(out), "-o", str(tmp_path / "one.h5")]) == 0
+    with open_store(tmp_path / "one.h5") as one:
+        _assert_same(one, single_run)
+    assert main(_argv(real_folder, out, tiny_model_file, "--shards", "3")) == 2  # exists: --resume or --overwrite
+    assert "--resume" in capsys.readouterr().err
+    assert main(_argv(real_folder, out, tiny_model_file, "--shards", "3", "--resume")) == 0  # all skipped
+
+
+def test_interrupted_shard_resumes_without_duplicates_and_is_published_atomically(real_folder, tiny_model_file,
+                                                                                  single_run, tmp_path, monkeypatch):  # fmt: skip
+    from fastfeat.extraction import StopToken
+    from fastfeat.sharding import extract_sharded, plan_job, run_shard
+
+    out = tmp_path / "out"
+    job = plan_job(real_folder, out, 2, model=tiny_model_file, **REAL)
+    stop = StopToken()
+    partial = str(out / shard_name(0, 2)) + PARTIAL
+    commit = StoreWriter.commit
+
+    def commit_then_stop(writer):  # a stop request right after the first commit: mid-shard
+        commit(writer)
+        if writer.path == partial and writer.rows >= 2:
+            stop.set()
+
+    monkeypatch.setattr(StoreWriter, "commit", commit_then_stop)
+    result = run_shard(job, 0, stop=stop)
+    monkeypatch.undo()
+    assert result.status == "interrupted" and 0 < result.rows < 7
+    assert os.path.exists(partial) and not os.path.exists(out / shard_name(0, 2))  # not published
+    assert read_manifest(out)["shard_list"][0]["status"] == "pending"
+    with pytest.warns(IncompleteStoreWarning, match=r"shard\(s\) 0-1 of 2"):
+        open_store(out).close()
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_shard(job, 0, resume=False)
+    report = extract_sharded(real_folder, out, 2, resume=True, model=tiny_model_file, progress=False, **REAL)
+    assert report.complete and [s["attempts"] for s in report.shards] == [2, 1]
+    entry = read_manifest(out)["shard_list"][0]
+    assert entry["resumed_from"] == result.rows  # continued, not restarted
+    with open_store(out) as view:
+        _assert_same(view, single_run)
+    # a crash between the rename and the manifest update: the next run of the shard records it
+    update_shard(str(out), 1, status="running", digest=None)
+    assert run_shard(job, 1).status == "skipped"
+    assert read_manifest(out)["shard_list"][1]["status"] == "complete"
+
+
+def test_settings_are_decided_once_for_the_job(real_folder, tiny_model_file, tmp_path):
+    from fastfeat.sharding import extract_sharded
+
+    out = tmp_path / "out"
+    report = extract_sharded(real_folder, out, 3, model=tiny_model_file, progress=False,
+                             **{**REAL, "batch_size": None})  # fmt: skip
+    settings = read_manifest(out)["settings"]
+    assert settings["decided_by"] == "shard 0" and settings["precision"] == "float32"
+    assert report.settings["batch_size"] == settings["batch_size"] >= 1
+    for k in range(3):
+        with open_store(out / shard_name(k, 3)) as shard:
+            assert shard.meta["batch_size"] == settings["batch_size"]
+    with pytest.raises(ValueError, match="Received: engine='spark'"):
+        extract_sharded(real_folder, tmp_path / "x", 2, engine="spark", model=tiny_model_file, **REAL)

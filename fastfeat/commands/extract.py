@@ -13,6 +13,7 @@ from ..config import DTYPES, ON_ERROR, POOLS, ExtractConfig, config_defaults
 from ..decode import INTERPOLATIONS
 from ..precision import PRECISION_CHOICES
 from ..preprocess import MODES
+from .shards import add_shard_flags, run_sharded, uses_shards
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -132,6 +133,7 @@ def register_subparser(subparsers) -> None:
     aug.add_argument("--horizontal-flip", action="store_true", default=None, help="random left-right flips")
     aug.add_argument("--vertical-flip", action="store_true", default=None, help="random up-down flips")
     aug.add_argument("--fill-mode", default=None, choices=("constant", "nearest", "reflect", "wrap"), help="points outside the image")
+    add_shard_flags(p)
     p.set_defaults(func=run, needs_tensorflow=True, graceful_stop=True)
 
 
@@ -148,6 +150,8 @@ def config_from_args(args) -> ExtractConfig:
 def run(args) -> int:
     from ..extraction import run as run_extraction
 
+    if uses_shards(args):  # -o is a folder of shard stores
+        return run_sharded(args, config_from_args(args))
     report = run_extraction(config_from_args(args))
     if args.progress or report.interrupted:
         print(report.summary())

@@ -25,7 +25,6 @@ import dataclasses
 import math
 import os
 import signal
-import threading
 import time
 
 from ..sharding.plan import ShardJob, check_shards, plan_job
@@ -35,9 +34,10 @@ from ..sharding.progress import JobProgress, job_report
 SHARDS_PER_SLOT = 4
 #: Seconds a retried task waits for the shard lock a dying worker still holds.
 LOCK_WAIT_SECONDS = 120.0
-#: Test hook (read on the driver): ``"K:ROWS"`` kills the worker of shard K with SIGKILL once its
-#: store has ROWS committed rows, on the first attempt only (``OUT/.killed-K`` marks it done).
-KILL_HOOK = "FASTFEAT_RAY_TEST_KILL"
+#: Test hook (read on the driver): ``"kill:K:ROWS"`` kills the worker of shard K with SIGKILL right
+#: after the commit that brings its store to ROWS rows; ``"hold:K:ROWS:SECONDS"`` holds it there.
+#: First attempt only (``OUT/.hooked-K``).
+TEST_HOOK = "FASTFEAT_RAY_TEST_HOOK"
 
 
 def _ray():
@@ -93,7 +93,9 @@ def plan_resources(nodes: list[dict], gpus_per_shard=None, cpus_per_shard=None) 
     else:
         cpus = float(cpus_per_shard)
         if cpus <= 0 or cpus > max(n.get("CPU", 0) for n in nodes):
-            raise ValueError(f"`cpus_per_shard` must be > 0 and fit on one node. Received: cpus_per_shard={cpus_per_shard!r}")
+            raise ValueError(
+                f"`cpus_per_shard` must be > 0 and fit on one node. Received: cpus_per_shard={cpus_per_shard!r}"
+            )
     slots = 0
     for n in nodes:
         fit = math.floor(n.get("CPU", 0) / cpus + 1e-9)
@@ -110,42 +112,35 @@ def default_shards(slots: int, images: int) -> int:
     return max(1, min(int(images), SHARDS_PER_SLOT * int(slots)))
 
 
-def _kill_when(job: ShardJob, k: int, rows: int) -> None:
-    """The test hook: SIGKILL this worker once shard ``k``'s store has ``rows`` committed rows."""
+def _test_hook(job: ShardJob, k: int, spec: str) -> None:
+    """The test hook (:data:`TEST_HOOK`): right after the commit that brings shard ``k``'s store to
+    ROWS rows (mid-shard, deterministically), ``kill`` this worker with SIGKILL or ``hold`` it for
+    SECONDS; on the first attempt only (``OUT/.hooked-K`` marks it done)."""
     from ..store.sharded import read_manifest, shard_paths
+    from ..store.writer import StoreWriter
 
-    marker = os.path.join(job.out, f".killed-{k}")
-    if os.path.exists(marker):
+    action, shard, rows, *rest = spec.split(":")
+    marker = os.path.join(job.out, f".hooked-{k}")
+    if int(shard) != k or os.path.exists(marker):
         return
     partial = shard_paths(job.out, read_manifest(job.out)["shard_list"][k])[1]
+    commit = StoreWriter.commit
 
-    def watch():
-        import warnings
-
-        from ..store.reader import FeatureStore
-
-        while True:
-            time.sleep(0.01)
-            if not os.path.exists(partial):
-                continue
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    with FeatureStore(partial) as store:
-                        seen = store.rows
-            except (OSError, ValueError):
-                continue
-            if seen >= rows:
-                with open(marker, "w") as f:
-                    f.write(f"{seen}\n")
-                    f.flush()
-                    os.fsync(f.fileno())
+    def commit_then_act(writer):
+        commit(writer)
+        if writer.path == partial and writer.rows >= int(rows) and not os.path.exists(marker):
+            with open(marker, "w") as f:
+                f.write(f"{writer.rows}\n")
+                f.flush()
+                os.fsync(f.fileno())
+            if action == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(float(rest[0]) if rest else 60.0)
 
-    threading.Thread(target=watch, daemon=True).start()
+    StoreWriter.commit = commit_then_act  # in this worker process only
 
 
-def _shard_task(job: ShardJob, k: int, kill: str | None):
+def _shard_task(job: ShardJob, k: int, hook: str | None):
     """One shard, in a Ray worker: records where it runs, then :func:`run_shard` (resuming)."""
     import ray
 
@@ -154,10 +149,8 @@ def _shard_task(job: ShardJob, k: int, kill: str | None):
 
     context = ray.get_runtime_context()
     update_shard(job.out, k, ray_node=context.get_node_id(), gpu_ids=[str(g) for g in ray.get_gpu_ids()])
-    if kill:
-        shard, rows = (int(v) for v in kill.split(":"))
-        if shard == k:
-            _kill_when(job, k, rows)
+    if hook:
+        _test_hook(job, k, hook)
     return run_shard(job, k, resume=True, wait=LOCK_WAIT_SECONDS)
 
 
@@ -207,9 +200,9 @@ def run_ray(
         light = dataclasses.replace(job, catalog=None)  # tasks need the plan, not a million paths
         task = ray.remote(_shard_task).options(num_cpus=res.cpus, num_gpus=res.gpus, max_retries=max_retries,
                                                 retry_exceptions=False, name="fastfeat-shard")  # fmt: skip
-        kill = os.environ.get(KILL_HOOK)
+        hook = os.environ.get(TEST_HOOK)
         ids = range(job.shards) if shard_index is None else [int(shard_index)]
-        refs = {task.remote(light, k, kill): k for k in ids}
+        refs = {task.remote(light, k, hook): k for k in ids}
         results, errors = {}, {}
         try:
             with JobProgress(job.out, len(job.catalog), job.config.augment_copies, enabled=progress):

@@ -1,7 +1,7 @@
 """Writing a sharded output's manifest: one lock, atomic replacement, a digest per shard.
 
 Every change is a read-modify-write of ``OUT/manifest.json`` under an ``fcntl.flock`` on
-``OUT/manifest.lock`` (released by the kernel if the process dies, ``kill -9`` included), and the
+``OUT/.locks/manifest.lock`` (released by the kernel if the process dies, ``kill -9`` included), and the
 new JSON replaces the old with ``os.replace`` after an ``fsync``: readers see the old manifest or
 the new one, never half of one, and concurrent writers (several ``--shard-index`` processes, Ray
 tasks on several nodes of a shared file system) never lose each other's updates. The format is
@@ -24,14 +24,18 @@ import numpy as np
 from ..store.sharded import MANIFEST, MANIFEST_FORMAT, MANIFEST_VERSION, read_manifest
 
 LOCK = "manifest.lock"
+#: The folder of the job's lock files, inside the output folder.
+LOCKS = ".locks"
 
 
 @contextlib.contextmanager
 def locked(out: str, name: str = LOCK, blocking: bool = True):
-    """Hold an exclusive ``flock`` on ``OUT/<name>`` (created if needed) for the ``with`` body.
+    """Hold an exclusive ``flock`` on ``OUT/.locks/<name>`` (created if needed) for the ``with`` body.
 
     With ``blocking=False`` yields ``False`` at once if another process holds it."""
-    fd = os.open(os.path.join(out, name), os.O_RDWR | os.O_CREAT, 0o644)
+    folder = os.path.join(out, LOCKS)
+    os.makedirs(folder, exist_ok=True)
+    fd = os.open(os.path.join(folder, name), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))

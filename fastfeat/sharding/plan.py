@@ -19,7 +19,7 @@ from ..catalog import Catalog, build_catalog
 from ..checks import is_int
 from ..config import ExtractConfig
 from ..store.sharded import MANIFEST, PARTIAL, is_sharded, read_manifest, shard_name
-from .manifest import locked, new_manifest, write_manifest
+from .manifest import LOCKS, locked, new_manifest, write_manifest
 
 #: Extract settings a shard never takes from the job (each shard sets them itself).
 PER_SHARD = ("output", "overwrite", "resume", "progress")
@@ -81,7 +81,8 @@ def check_shards(shards, images: int | None = None) -> int:
 
 def _differences(stored: dict, wanted: dict) -> list[str]:
     keys = sorted(set(stored) | set(wanted))
-    return [f"  {k}: {stored.get(k)!r} in the manifest, {wanted.get(k)!r} now" for k in keys if stored.get(k) != wanted.get(k)]
+    return [f"  {k}: {stored.get(k)!r} in the manifest, {wanted.get(k)!r} now"
+            for k in keys if stored.get(k) != wanted.get(k)]  # fmt: skip
 
 
 def _check_same_job(out: str, manifest: dict, run: dict, catalog: dict) -> None:
@@ -98,8 +99,8 @@ def _check_same_job(out: str, manifest: dict, run: dict, catalog: dict) -> None:
 def _remove_outputs(out: str) -> None:
     """Remove what a sharded job wrote in ``out`` (shard stores, partial ones, their locks, the
     manifest); nothing else."""
-    patterns = ["shard-*-of-*.h5", "shard-*-of-*.h5" + PARTIAL, "shard-*-of-*.h5*.lock", "shard-*.lock",
-                MANIFEST, "." + MANIFEST + ".*.tmp", "settings.lock"]  # fmt: skip
+    patterns = ["shard-*-of-*.h5", "shard-*-of-*.h5" + PARTIAL, "shard-*-of-*.h5*.lock", MANIFEST,
+                "." + MANIFEST + ".*.tmp"]  # fmt: skip
     for pattern in patterns:
         for path in glob.glob(os.path.join(glob.escape(out), pattern)):
             os.unlink(path)
@@ -148,9 +149,11 @@ def plan_job(
     job = ShardJob(out, config, catalog, shards, catalog.part_bounds(shards))
     existed = is_sharded(out)
     if existed and not (join or resume or overwrite):
-        raise FileExistsError(f"{out!r} holds a sharded job. Pass --resume to complete it, or --overwrite to replace it.")
+        raise FileExistsError(
+            f"{out!r} holds a sharded job. Pass --resume to complete it, or --overwrite to replace it."
+        )
     if os.path.isdir(out) and not existed and os.listdir(out):
-        foreign = [n for n in os.listdir(out) if not n.endswith(".lock")]
+        foreign = [n for n in os.listdir(out) if n != LOCKS]
         if foreign:
             raise FileExistsError(
                 f"{out!r} exists and is not a sharded fastfeat output (it holds {sorted(foreign)[:3]}). "

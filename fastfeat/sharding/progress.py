@@ -45,11 +45,11 @@ class JobProgress(threading.Thread):
         super().__init__(name="fastfeat-job-progress", daemon=True)
         self.out, self.total, self.copies, self.interval = out, int(total), int(copies), float(interval)
         self.enabled = enabled
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._bar = None
 
     def run(self):
-        while not self._stop.wait(self.interval):
+        while not self._halt.wait(self.interval):
             self.update()
 
     def update(self):
@@ -71,7 +71,7 @@ class JobProgress(threading.Thread):
         return self
 
     def __exit__(self, *exc):
-        self._stop.set()
+        self._halt.set()
         if self.is_alive():
             self.join()
         if self._bar is not None:
@@ -120,8 +120,9 @@ class JobReport:
                          f"{self.settings.get('batch_size')} ({self.settings.get('decided_by')})")  # fmt: skip
         for s in self.shards:
             rate = f"{s['images_per_second']:.1f} img/s" if s.get("images_per_second") else "-"
+            where = f" on {s['host']}" if s.get("host") else ""
             lines.append(f"  shard {s['index']}: {s['status']}, {s['images']} images, {s['failures']} failed, "
-                         f"{rate}, {s['attempts']} attempt(s){' on ' + s['host'] if s.get('host') else ''}")  # fmt: skip
+                         f"{rate}, {s['attempts']} attempt(s){where}")  # fmt: skip
         return "\n".join(lines)
 
     def to_dict(self) -> dict:

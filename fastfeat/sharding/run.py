@@ -6,10 +6,10 @@ its own store, exactly once.
   (the store's own commit record says which images are done).
 * A shard is published atomically: its store is renamed to the final name only once complete,
   then the manifest says so (a crash between the two is repaired by the next run of the shard).
-* One process runs a shard at a time (an ``flock`` on ``OUT/shard-K.lock``, released by the
+* One process runs a shard at a time (an ``flock`` on ``OUT/.locks/shard-K.lock``, released by the
   kernel when the process dies, so a retry after ``kill -9`` can take it at once).
 * Settings that change rows (precision, batch size) are decided once for the whole job: given,
-  or decided by the first shard to start, which holds ``OUT/settings.lock`` until it has chosen
+  or decided by the first shard to start, which holds ``OUT/.locks/settings.lock`` until it has chosen
   (on its first batch) and recorded the choice in the manifest; every other shard waits for that
   record and runs with the concrete values.
 """
@@ -97,7 +97,7 @@ class _Decider(threading.Thread):
     def __init__(self, out: str, k: int, path: str, lock):
         super().__init__(name="fastfeat-decider", daemon=True)
         self.out, self.k, self.path, self._lock = out, k, path, lock
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.recorded = False
 
     def _decided(self) -> dict | None:
@@ -132,7 +132,7 @@ class _Decider(threading.Thread):
         return True
 
     def run(self):
-        while not self._stop.wait(POLL_SECONDS):
+        while not self._halt.wait(POLL_SECONDS):
             try:
                 if self.record():
                     return
@@ -145,7 +145,7 @@ class _Decider(threading.Thread):
             lock.__exit__(None, None, None)
 
     def finish(self):
-        self._stop.set()
+        self._halt.set()
         if self.is_alive() and threading.current_thread() is not self:
             self.join()
         if not self.recorded:
@@ -169,15 +169,6 @@ def _settings(out: str):
     return None, lock
 
 
-def _extract_kwargs(job: ShardJob) -> dict:
-    kwargs = job.config.to_dict()
-    for key in ("source", "output", "overwrite", "resume", "progress"):
-        kwargs.pop(key)
-    if kwargs.get("image_size"):
-        kwargs["image_size"] = tuple(kwargs["image_size"])
-    return kwargs
-
-
 def _stale(store, settings: dict, part: dict) -> list[str]:
     """Why a partial store cannot be resumed under the job's settings (empty: it can)."""
     meta = store.meta
@@ -188,7 +179,9 @@ def _stale(store, settings: dict, part: dict) -> list[str]:
     return why
 
 
-def run_shard(job: ShardJob, k: int, *, resume: bool = True, progress: bool = False, wait: float = 0.0) -> ShardResult:
+def run_shard(
+    job: ShardJob, k: int, *, resume: bool = True, progress: bool = False, wait: float = 0.0, stop=None
+) -> ShardResult:
     """Run shard ``k`` of ``job`` into its store, exactly once (see the module doc).
 
     Args:
@@ -198,6 +191,8 @@ def run_shard(job: ShardJob, k: int, *, resume: bool = True, progress: bool = Fa
         progress: show :func:`fastfeat.extract`'s own bar for this shard.
         wait: seconds to wait for another process's hold on the shard to end (a retry on a
             worker that replaces one still dying).
+        stop: a :class:`fastfeat.extraction.StopToken` for this shard's run (set: the shard
+            stops after its batch in flight, resumable; the result says ``interrupted``).
 
     Raises:
         ShardBusyError: another live process runs shard ``k``.
@@ -211,13 +206,13 @@ def run_shard(job: ShardJob, k: int, *, resume: bool = True, progress: bool = Fa
     while True:
         with locked(out, f"shard-{k:05d}.lock", blocking=False) as held:
             if held:
-                return _run_locked(job, k, resume, progress)
+                return _run_locked(job, k, resume, progress, stop)
         if time.monotonic() >= deadline:
             raise ShardBusyError(f"shard {k} of {out!r} is being run by another process. Received: k={k}")
         time.sleep(POLL_SECONDS)
 
 
-def _run_locked(job: ShardJob, k: int, resume: bool, progress: bool) -> ShardResult:
+def _run_locked(job: ShardJob, k: int, resume: bool, progress: bool, stop) -> ShardResult:
     out = job.out
     entry = read_manifest(out)["shard_list"][k]
     final, partial = shard_paths(out, entry)
@@ -243,19 +238,18 @@ def _run_locked(job: ShardJob, k: int, resume: bool, progress: bool) -> ShardRes
                               + "; ".join(stale) + ")", RuntimeWarning, stacklevel=2)  # fmt: skip
                 os.unlink(partial)
         entry = update_manifest(out, lambda m: _start(m, k))
-        kwargs = _extract_kwargs(job)
-        if settings:
-            kwargs.update(precision=settings["precision"], batch_size=settings["batch_size"])
+        changes = {"precision": settings["precision"], "batch_size": settings["batch_size"]} if settings else {}
+        config = job.config.replace(output=partial, resume=os.path.exists(partial), overwrite=False,
+                                    progress=progress, **changes)  # fmt: skip
         decider = None
         if decide_lock is not None:
             decider = _Decider(out, k, partial, decide_lock)
             decider.start()
-        from ..extraction import extract
+        from ..extraction import run
 
         t0 = time.perf_counter()
         try:
-            report = extract(job.config.source, partial, part=(k, job.shards), resume=os.path.exists(partial),
-                             progress=progress, **kwargs)  # fmt: skip
+            report = run(config, stop=stop, part=(k, job.shards))
         finally:
             if decider is not None:
                 decider.finish()

@@ -378,7 +378,8 @@ def sharded_info(store: ShardedStore) -> dict:
                 "class_counts": {}, "unlabeled": 0, "layers": [], "size_on_disk": 0, "compression_ratio": None,
                 "float16_overflow": 0, "merged_from": None, "created": store.manifest.get("created")}  # fmt: skip
     info.update(path=store.path, complete=store.complete, rows=store.rows, failures=len(store.failure_index),
-                failure_examples=store.failures[:5], precision=store.meta.get("precision", info.get("precision")))  # fmt: skip
+                failure_examples=store.failures[:5])  # fmt: skip
+    info["precision"] = store.meta.get("precision", info.get("precision"))
     info["shards"] = [
         {k: e.get(k) for k in ("index", "name", "start", "stop", "status", "rows", "failures", "attempts", "digest")}
         for e in store.manifest["shard_list"]
