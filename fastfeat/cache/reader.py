@@ -111,9 +111,12 @@ class ImageCache:
     def check(self, catalog, options) -> CachedRows:
         """This cache bound to ``catalog``, after checking it answers for every file and setting.
 
+        The catalog may ask for fewer files than the cache holds (some classes only), never for
+        a file the cache lacks.
+
         Raises:
             StaleCacheError: other decode settings, an unfinished build, or files changed,
-                added or removed since the build (the message says which).
+                added or removed (deleted) since the build (the message says which).
         """
         self.check_settings(options)
         if not self.complete:
@@ -123,7 +126,10 @@ class ImageCache:
         known = set(row_of) | {p for p, _ in self.failures}
         wanted = list(catalog.paths)
         added = [p for p in dict.fromkeys(wanted) if p not in known]
-        removed = sorted(known - set(wanted))
+        # a cached file the catalog does not ask for is harmless unless it is gone (a catalog of
+        # some classes only may use a cache of all); one that is gone means the source changed
+        removed = sorted(p for p in known - set(wanted) if layout.fingerprint(os.path.join(catalog.root, p))
+                         == layout.MISSING)  # fmt: skip
         cached = [(p, row_of[p]) for p in dict.fromkeys(wanted) if p in row_of]
         now = layout.fingerprints([os.path.join(catalog.root, p) for p, _ in cached])
         then = self.fingerprints[[r for _, r in cached]] if cached else now
