@@ -98,6 +98,7 @@ class ExtractConfig:
     augment: object = None
     augment_copies: int = 0
     seed: int | None = None
+    cache: str | None = field(default=None, compare=False)  # where pixels come from, not what they are
     progress: bool = field(default=True, compare=False)
 
     def __post_init__(self):
@@ -147,6 +148,8 @@ class ExtractConfig:
         if self.seed is not None and not checks.is_int(self.seed):
             raise ValueError(f"`seed` must be an int or None. Received: seed={self.seed!r}")
         put("seed", 0 if self.seed is None else int(self.seed))
+        if self.cache is not None:
+            put("cache", os.fspath(self.cache))
         if not self.model_file:
             spec = get_spec(self.model)  # an unknown name fails here, with the closest names
             if self.image_size is not None and min(self.image_size) < spec.min_size:

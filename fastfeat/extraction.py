@@ -56,6 +56,7 @@ def extract(
     augment=None,
     augment_copies: int = 0,
     seed: int | None = None,
+    cache: str | os.PathLike | None = None,
     progress: bool = True,
     stop: StopToken | None = None,
 ) -> ExtractReport:
@@ -99,6 +100,9 @@ def extract(
             come batch by batch: the batch's plain rows, then copy 1 of the same images, ...,
             copy K; ``FeatureStore.copies`` and ``.index`` say which is which.
         seed: seed of the augmentation draws (same seed, same copies; default 0).
+        cache: a decoded-image cache (:func:`fastfeat.build_cache`) at this run's image size and
+            decode settings to read images from instead of decoding them (built first if it does
+            not exist); the features are the same as without it.
         progress: show a progress bar.
         stop: a :class:`~fastfeat.runloop.StopToken` of this run: once set (from any thread or
             a signal handler), the run stops after the batch in flight, leaving a resumable store
@@ -113,7 +117,7 @@ def extract(
         remeasure_precision=remeasure_precision, device=device, classes=classes, exif=exif,
         reduced_decode=reduced_decode, max_pixels=max_pixels, follow_links=follow_links, compression=compression,
         overwrite=overwrite, resume=resume, on_error=on_error, unsafe_model=unsafe_model, augment=augment,
-        augment_copies=augment_copies, seed=seed, progress=progress,
+        augment_copies=augment_copies, seed=seed, cache=cache, progress=progress,
     )  # fmt: skip
     return run(config, stop=stop)
 
@@ -180,7 +184,12 @@ def _execute(plan: ExtractPlan, built, startup: dict, stop: StopToken, t_start: 
         copies = [config.augment.batch_transform(normalization, config.seed, copy=k)
                   for k in range(1, config.augment_copies + 1)]  # fmt: skip
         options = DecodeOptions(built.size, config.interpolation, config.exif, config.reduced_decode, config.max_pixels)
-        loader = Loader(catalog, options, normalization, copies=copies)
+        cached = None
+        if config.cache is not None:  # lazy: the cache module is not needed without one
+            from .cache import ensure_cache
+
+            cached = ensure_cache(config.cache, catalog, options, threads=built.runtime.threads.loader)
+        loader = Loader(catalog, options, normalization, copies=copies, cache=cached)
         with built.runtime.device.scope():
             run_loop(
                 loader, plan.positions, built.batch_size, built.infer, writer, report, config.on_error,

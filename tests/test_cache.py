@@ -276,3 +276,30 @@ def test_argument_errors(source, tmp_path):
     with pytest.raises(ValueError, match="Received: out.shape"):
         build_cache(source, str(tmp_path / "c.h5"), 8)
         open_cache(str(tmp_path / "c.h5")).read([0], out=np.empty((1, 8, 8, 3), np.float32))
+
+
+def test_extract_with_the_cache_gives_the_same_features(source, tiny_model_file, tmp_path):
+    import fastfeat
+    from fastfeat.store import open_store
+
+    common = dict(model=tiny_model_file, layers=["conv1", "conv3:avg"], image_size=32, batch_size=4,
+                  precision="float32", augment={"rotation_range": 20, "horizontal_flip": True}, augment_copies=1,
+                  progress=False)  # fmt: skip
+    cache = str(tmp_path / "c.h5")
+    fastfeat.extract(source, str(tmp_path / "direct.h5"), **common)
+    fastfeat.extract(source, str(tmp_path / "cached.h5"), cache=cache, **common)  # built first
+    assert main(["extract", source, "-o", str(tmp_path / "cli.h5"), "--model", tiny_model_file, "--layer", "conv1",
+                 "--layer", "conv3:avg", "--image-size", "32", "--batch-size", "4", "--precision", "float32",
+                 "--augment-copies", "1", "--rotation-range", "20", "--horizontal-flip", "--cache", cache,
+                 "--quiet"]) == 0  # fmt: skip
+    with open_cache(cache) as c:
+        assert c.settings["image_size"] == [32, 32]
+    with open_store(str(tmp_path / "direct.h5")) as a:
+        for name in ("cached.h5", "cli.h5"):
+            with open_store(str(tmp_path / name)) as b:
+                assert a.paths == b.paths and a.failures == b.failures
+                np.testing.assert_array_equal(a.copies, b.copies)
+                for layer in a.layers:
+                    assert np.asarray(a.features(layer)).tobytes() == np.asarray(b.features(layer)).tobytes()
+    with pytest.raises(StaleCacheError, match="interpolation: cache 'bilinear', asked 'nearest'"):
+        fastfeat.extract(source, str(tmp_path / "other.h5"), interpolation="nearest", cache=cache, **common)

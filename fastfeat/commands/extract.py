@@ -95,6 +95,8 @@ FLAGS = (
     (("--follow-links",), "follow_links", dict(action="store_true", help="follow symbolic links out of SOURCE"), None),
     (("--compression",), "compression", dict(help="none, lzf, gzip or gzip:LEVEL"), None),
     (("--on-error",), "on_error", dict(choices=ON_ERROR, help="what to do with unreadable files"), None),
+    (("--cache",), "cache", dict(metavar="CACHE", help=(
+        "read decoded images from this cache (`fastfeat cache`; built first if missing) instead of decoding")), None),
     (("--overwrite",), "overwrite", dict(action="store_true", help="replace an existing output"), "mode"),
     (("--resume",), "resume", dict(action="store_true", help="complete an interrupted output (same settings)"), "mode"),
     (("--unsafe-model",), "unsafe_model", dict(action="store_true",
