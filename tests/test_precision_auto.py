@@ -278,11 +278,17 @@ def test_auto_on_a_bf16_cpu_measures_once_then_reuses(class_tree, tiny_model_fil
     assert meta2["precision_auto"]["key"] == meta1["precision_auto"]["key"]
 
 
-def test_a_cached_bf16_decision_builds_bf16_directly(class_tree, tiny_model_file, tmp_path, bf16_cpu, monkeypatch):
+@pytest.mark.parametrize("which", ["model file", "registry"])
+def test_a_cached_bf16_decision_builds_bf16_directly(class_tree, tiny_model_file, tmp_path, bf16_cpu, monkeypatch,
+                                                     which):  # fmt: skip
     """A reused decision gives the features of a forced run at that precision, bit for bit, and so does the
     run that measured it (its model rebuilt under bf16 from the float32 one)."""
     root, _ = class_tree
-    kwargs = dict(model=tiny_model_file, layers=["conv2"], batch_size=4, progress=False)
+    if which == "model file":
+        kwargs = dict(model=tiny_model_file, layers=["conv2"], batch_size=4, progress=False)
+    else:  # built by its keras.applications constructor under the policy, random init seeded
+        kwargs = dict(model="mobilenetv2", weights=None, image_size=32, layers=["block_3_expand_relu"], batch_size=4,
+                      progress=False)  # fmt: skip
     real_decide = A.decide_precision
     # the measurement keeps bf16 whatever this machine's timing says (that is not what this test is about)
     monkeypatch.setattr(A, "decide_precision", lambda *a, **k: real_decide(*a, **{**k, "min_speedup": 0.0}))
@@ -292,9 +298,10 @@ def test_a_cached_bf16_decision_builds_bf16_directly(class_tree, tiny_model_file
     assert cached.precision_auto["source"] == "cached" and cached.precision == "mixed_bfloat16"
     forced = fastfeat.extract(root, tmp_path / "f.h5", precision="mixed_bfloat16", **kwargs)
     assert forced.precision_auto is None
-    fm, _ = _features(tmp_path / "m.h5")
-    fc, _ = _features(tmp_path / "c.h5")
-    ff, _ = _features(tmp_path / "f.h5")
+    key = kwargs["layers"][0]
+    fm, _ = _features(tmp_path / "m.h5", key)
+    fc, _ = _features(tmp_path / "c.h5", key)
+    ff, _ = _features(tmp_path / "f.h5", key)
     np.testing.assert_array_equal(fc, ff)
     np.testing.assert_array_equal(fm, ff)
 
