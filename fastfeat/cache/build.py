@@ -155,36 +155,56 @@ def _meta(catalog: Catalog, options: DecodeOptions) -> dict:
 def write_cache(catalog: Catalog, options: DecodeOptions, output: str, mode: str, threads: int | None = None,
                 progress: bool = False, batch_size: int = BATCH) -> CacheReport:  # fmt: skip
     """Write (``mode``: ``create``, ``overwrite``, ``resume`` or ``update``) the cache of ``catalog``."""
+    if mode == "update":
+        return _update(catalog, options, output, threads, progress, batch_size)
+    if mode == "resume":
+        with ImageCache(output) as old:
+            old.check_settings(options)
+            if old.meta.get("catalog_sha256") != catalog.fingerprint():
+                raise StaleCacheError(f"Cannot resume {output!r}: files were added or removed since its build "
+                                      "stopped. Use update=True (--update) instead.")  # fmt: skip
+    return _write(catalog, options, output, mode, None, threads, progress, batch_size)
+
+
+def _update(catalog: Catalog, options: DecodeOptions, output: str, threads, progress, batch_size) -> CacheReport:
+    """A new cache file beside ``output`` from the fresh rows of the old one plus the files decoded
+    again, renamed over ``output`` once complete; nothing changes if the old one is up to date."""
+    from ..store.lock import StoreLock
+
+    t0 = time.perf_counter()
+    lock = StoreLock(output)
+    lock.acquire()  # no resume or other update of the same cache meanwhile
+    try:
+        with ImageCache(output) as previous:
+            try:
+                previous.check(catalog, options)
+                return CacheReport(output, reused=previous.rows, seconds=time.perf_counter() - t0, up_to_date=True)
+            except StaleCacheError:
+                previous.check_settings(options)  # other settings are not an update: raised here
+            target = output + ".updating"
+            try:
+                report = _write(catalog, options, target, "overwrite", previous, threads, progress, batch_size)
+            except BaseException:  # an update that dies leaves the old cache as it was
+                if os.path.exists(target):
+                    os.unlink(target)
+                raise
+        os.replace(target, output)  # readers of the old file keep their (old, consistent) rows
+    finally:
+        lock.release()
+    report.path = output
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _write(catalog: Catalog, options: DecodeOptions, target: str, mode: str, previous: ImageCache | None, threads,
+           progress, batch_size) -> CacheReport:  # fmt: skip
+    """Decode (or, with ``previous``, copy the fresh rows of) every catalog item not yet in ``target``."""
     from tqdm.auto import tqdm
 
-    from ..store.lock import StoreLock
     from ..store.writer import StoreWriter
 
     t0 = time.perf_counter()
-    meta = _meta(catalog, options)
-    report = CacheReport(output)
-    previous, lock, target = None, None, output
-    if mode in ("resume", "update"):
-        with ImageCache(output) as old:
-            old.check_settings(options)
-            if mode == "resume" and old.meta.get("catalog_sha256") != meta["catalog_sha256"]:
-                raise StaleCacheError(f"Cannot resume {output!r}: files were added or removed since its build "
-                                      "stopped. Use update=True (--update) instead.")  # fmt: skip
-        if mode == "update":
-            lock = StoreLock(output)
-            lock.acquire()  # no resume or other update of the same cache meanwhile
-            previous = ImageCache(output)
-            try:
-                previous.check(catalog, options)
-                report.up_to_date, report.reused = True, previous.rows
-            except StaleCacheError:
-                pass
-            if report.up_to_date:
-                previous.close()
-                lock.release()
-                report.seconds = time.perf_counter() - t0
-                return report
-            target = output + ".updating"
+    report = CacheReport(target)
     loader = Loader(catalog, options)
     row_of, old_prints = _previous_rows(previous, catalog)
     reuse = CachedRows(previous, catalog, row_of) if previous is not None else None
@@ -203,7 +223,7 @@ def write_cache(catalog: Catalog, options: DecodeOptions, output: str, mode: str
 
     writer = StoreWriter(
         target, {layout.IMAGES: ((h, w, 3), "uint8"), layout.FINGERPRINT: ((3,), "int64")}, capacity=len(catalog),
-        class_names=catalog.class_names, meta=meta, mode={"update": "overwrite"}.get(mode, mode),
+        class_names=catalog.class_names, meta=_meta(catalog, options), mode=mode,
     )  # fmt: skip
     try:
         positions = np.arange(len(catalog), dtype=np.int64)
@@ -227,16 +247,8 @@ def write_cache(catalog: Catalog, options: DecodeOptions, output: str, mode: str
                 bar.update(len(batch))
     except BaseException:
         writer.close(complete=False)
-        if previous is not None:  # an update that dies leaves the old cache as it was
-            previous.close()
-            os.unlink(target)
-            lock.release()
         raise
     writer.close(complete=True)
-    if previous is not None:
-        previous.close()
-        os.replace(target, output)  # readers of the old file keep their (old, consistent) rows
-        lock.release()
     report.seconds = time.perf_counter() - t0
     return report
 
