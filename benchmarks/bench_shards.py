@@ -1,7 +1,7 @@
 """Sharded extraction benchmark: plain ``extract`` vs sharded local vs Ray on one node, same job.
 
     python -m benchmarks.bench_shards [--images 480] [--model mobilenetv2=out_relu:avg] [--shards 2]
-                                      [--rounds 2] [--batch-size 16]
+                                      [--rounds 3] [--batch-size 16]
 
 Candidates, interleaved round by round in one process on the same JPEGs:
 
@@ -10,6 +10,8 @@ Candidates, interleaved round by round in one process on the same JPEGs:
 * Ray, 1 node: ``extract_sharded(..., shards=N, engine="ray")`` on a local Ray started once before
   the rounds (its start-up is reported apart: a cluster is normally up already); one task at a time
   with every core (``cpus_per_shard`` = the machine's cores), as plain ``extract`` uses them.
+
+Each candidate runs once before the rounds (TensorFlow's first calls, in the Ray worker too).
 
 Wall clock of each whole run (planning, model builds, every shard). The goal (issue 13): Ray within
 10% of plain. Also reported: each shard's steady-state images/s (the per-shard throughput used by
@@ -37,7 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=480)
     p.add_argument("--model", default="mobilenetv2=out_relu:avg", help="NAME=LAYER[:POOL]")
     p.add_argument("--shards", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--data", default=None, help="dataset folder (default: a temporary one)")
     args = p.parse_args(argv)
@@ -48,9 +50,9 @@ def main(argv=None) -> int:
     work = tempfile.mkdtemp(prefix="fastfeat-bench-shards-")
     data = make_jpeg_dataset(args.data or os.path.join(work, "images"), n=args.images)
     model, _, layer = args.model.partition("=")
-    settings = dict(model=model, layers=[layer] if layer else None, weights=None, batch_size=args.batch_size,
-                    precision="float32", progress=False)  # fmt: skip
-    settings = {k: v for k, v in settings.items() if v is not None}
+    settings = dict(model=model, weights=None, batch_size=args.batch_size, precision="float32", progress=False)
+    if layer:
+        settings["layers"] = [layer]
 
     import ray
 
@@ -77,7 +79,8 @@ def main(argv=None) -> int:
     times = {name: [] for name in candidates}
     per_shard = {name: [] for name in candidates}
     try:
-        plain(os.path.join(work, "warmup"))  # TensorFlow's first-call costs out of the rounds
+        for name, fn in candidates.items():  # first-call costs out of the rounds (the Ray worker's too)
+            fn(os.path.join(work, f"warmup-{name.split()[0]}"))
         for r in range(args.rounds):
             for name, fn in candidates.items():
                 out = os.path.join(work, f"r{r}-{name.split()[0]}")

@@ -105,6 +105,21 @@ def test_worker_killed_mid_shard_is_retried_and_resumes(cluster, folder, tiny_mo
         _assert_equal_to_reference(one, reference)
 
 
+def test_cli_engine_ray_decides_the_batch_size_once(cluster, folder, tiny_model_file, tmp_path):
+    from fastfeat.cli import main
+
+    out = tmp_path / "out"
+    argv = ["extract", str(folder), "-o", str(out), "--model", tiny_model_file, "--layer", "conv1", "--layer",
+            "conv3:avg", "--precision", "float32", "--shards", "3", "--engine", "ray", "--gpus-per-shard", "0",
+            "--cpus-per-shard", "1", "--quiet"]  # fmt: skip
+    assert main(argv) == 0  # three tasks at once on the three nodes; the first to start decides
+    settings = read_manifest(out)["settings"]
+    assert settings["decided_by"].startswith("shard ") and settings["precision"] == "float32"
+    with open_store(out) as view:
+        assert view.complete and len(view) == N_IMAGES and np.unique(view.index).size == N_IMAGES
+        assert {s.meta["batch_size"] for s in view.shards} == {settings["batch_size"]}
+
+
 def test_node_removed_mid_job(cluster, folder, tiny_model_file, reference, tmp_path, monkeypatch):
     c, gpu_nodes = cluster
     out = tmp_path / "out"

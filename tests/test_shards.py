@@ -287,6 +287,12 @@ def test_shard_index_runs_in_any_order_some_twice_equal_a_single_run(real_folder
         with open_store(out / shard_name(1, 3)) as shard:
             assert shard.meta["part"] == {"index": 1, "count": 3, "start": 5, "stop": 10}
             assert shard.meta["catalog_size"] == N_REAL + 1  # the whole catalog's identity
+        batches = list(view.to_dataset("conv3:avg", batch_size=4, shuffle=False).as_numpy_iterator())
+        with open_store(single_run) as ref:
+            np.testing.assert_array_equal(np.concatenate([x for x, _ in batches]), np.asarray(ref.features("conv3:avg")))
+            np.testing.assert_array_equal(np.concatenate([y for _, y in batches]), ref.labels)
+            x, y = view.to_pydataset("conv1", batch_size=5, shuffle=False)[2]
+            np.testing.assert_array_equal(x, np.asarray(ref.features("conv1"))[10:15])
     assert main(["merge", str(out), "-o", str(tmp_path / "one.h5")]) == 0
     with open_store(tmp_path / "one.h5") as one:
         _assert_same(one, single_run)
@@ -347,3 +353,15 @@ def test_settings_are_decided_once_for_the_job(real_folder, tiny_model_file, tmp
             assert shard.meta["batch_size"] == settings["batch_size"]
     with pytest.raises(ValueError, match="Received: engine='spark'"):
         extract_sharded(real_folder, tmp_path / "x", 2, engine="spark", model=tiny_model_file, **REAL)
+
+
+def test_a_shard_of_a_changed_source_is_not_published(class_tree, tiny_model_file, tmp_path):
+    from conftest import write_image
+    from fastfeat.sharding import plan_job, run_shard
+
+    root, _ = class_tree
+    job = plan_job(root, tmp_path / "out", 2, model=tiny_model_file, **REAL)
+    write_image(root / "cats" / "img_9.png", 99)  # the folder changes after planning
+    with pytest.raises(ValueError, match="the source changed since the job was planned"):
+        run_shard(job, 0)
+    assert not (tmp_path / "out" / shard_name(0, 2)).exists()

@@ -78,9 +78,23 @@ def _totals(store) -> dict:
     }
 
 
+def _check_catalog(out: str, k: int, path: str) -> None:
+    """The shard's store must describe the job's catalog (the source may have changed since the
+    job was planned: its rows would then not be the rows of this job's shard)."""
+    wanted = read_manifest(out)["catalog"]
+    with _open(path) as store:
+        got = (store.meta.get("catalog_sha256"), store.meta.get("catalog_size"))
+    if got != (wanted["sha256"], wanted["size"]):
+        raise ValueError(
+            f"shard {k}: the source changed since the job was planned ({got[1]} images now, {wanted['size']} in "
+            f"the manifest); its store is left unpublished at {path!r}. Plan the job again (--overwrite)."
+        )
+
+
 def _publish(out: str, entry: dict, partial: str, final: str, extra: dict) -> dict:
     """Rename a complete partial store into place, then record it complete in the manifest."""
     if os.path.exists(partial):
+        _check_catalog(out, entry["index"], partial)
         os.replace(partial, final)
     with _open(final) as store:
         if not store.complete:
