@@ -10,6 +10,7 @@ from ._version import __version__
 __all__ = [
     "Augment",
     "Catalog",
+    "ExtractConfig",
     "ExtractReport",
     "FeatureStore",
     "__version__",
@@ -20,6 +21,7 @@ __all__ = [
     "image_dataset",
     "open_store",
     "probe",
+    "StopToken",
 ]
 
 _LAZY = {
@@ -28,6 +30,8 @@ _LAZY = {
     "extract": ("fastfeat.extraction", "extract"),
     "extract_sharded": ("fastfeat.sharding", "extract_sharded"),
     "ExtractReport": ("fastfeat.extraction", "ExtractReport"),
+    "ExtractConfig": ("fastfeat.config", "ExtractConfig"),
+    "StopToken": ("fastfeat.runloop", "StopToken"),
     "open_store": ("fastfeat.store", "open_store"),
     "probe": ("fastfeat.probes", "probe"),
     "FeatureStore": ("fastfeat.store", "FeatureStore"),
