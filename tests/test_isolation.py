@@ -104,3 +104,14 @@ def test_a_stop_request_belongs_to_one_run(class_tree, tiny_model_file, tmp_path
     assert not other.interrupted and other.images == len(expected)
     resumed = fastfeat.extract(root, tmp_path / "a.h5", resume=True, **common)
     assert not resumed.interrupted and resumed.images == len(expected) - 2
+
+
+def test_a_reduced_precision_run_leaves_the_global_dtype_policy(class_tree, tiny_model_file, tmp_path):
+    import keras
+
+    root, expected = class_tree
+    before = keras.config.dtype_policy().name
+    report = fastfeat.extract(root, tmp_path / "bf16.h5", model=tiny_model_file, layers=["conv3:avg"],
+                              precision="mixed_bfloat16", batch_size=4, progress=False)  # fmt: skip
+    assert report.images == len(expected) and report.precision == "mixed_bfloat16"
+    assert keras.config.dtype_policy().name == before
