@@ -283,11 +283,9 @@ def normalization_args(norm: Normalization, cval: float = 0.0) -> tuple[np.ndarr
     (so un-warped pixels are bit-identical to it), ``perm`` the source channel of each output
     channel, and ``fill`` the normalized ``cval``.
     """
-    values = np.repeat(np.arange(256, dtype=np.float32)[:, None], 3, axis=1)
-    lut = np.ascontiguousarray(norm.apply(values).T.astype(np.float32))
-    perm = np.array([2, 1, 0] if norm.bgr else [0, 1, 2], dtype=np.int64)
+    perm, lut = norm.kernel_args()  # the same table the plain normalization reads
     fill = norm.apply(np.full((1, 3), cval, np.float32))[0].astype(np.float32)
-    return perm, lut, fill
+    return perm, np.ascontiguousarray(lut, dtype=np.float32), fill
 
 
 def _shift(rng, size: int, u: np.ndarray, u_sign: np.ndarray) -> np.ndarray:

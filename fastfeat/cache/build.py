@@ -23,7 +23,9 @@ import numpy as np
 from .. import checks
 from ..catalog import IMAGE_EXTENSIONS, Catalog, build_catalog
 from ..decode import DEFAULT_MAX_PIXELS
-from ..loader import DecodeOptions, Loader, default_ahead, keep_large_allocations, ordered_map, pipeline_threads
+from ..loader import (
+    DecodeOptions, Loader, default_ahead, keep_large_allocations, opencv_single_threaded, ordered_map, pipeline_threads,
+)  # fmt: skip
 from ..quiet import filtered_stderr
 from . import layout
 from .reader import CachedRows, ImageCache, StaleCacheError
@@ -233,7 +235,7 @@ def _write(catalog: Catalog, options: DecodeOptions, target: str, mode: str, pre
         keep_large_allocations()
         batches = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
         with tqdm(total=len(positions), unit="img", disable=not progress, dynamic_ncols=True, desc="cache") as bar, \
-                filtered_stderr():  # libpng/libjpeg lines stay off the terminal
+                opencv_single_threaded(), filtered_stderr():  # one decode per worker; decoder lines off the terminal
             for batch, prints, images, ok, reused in ordered_map(work, batches, threads, default_ahead(threads)):
                 good, bad = batch[ok], batch[~ok]
                 writer.append({layout.IMAGES: images[ok], layout.FINGERPRINT: prints[ok]}, catalog.labels[good],
