@@ -34,8 +34,9 @@ def _rows_of(images):
 
 
 def _write(path, images, failed=(), complete=True, meta=None):
+    meta = {"model": "m", "layers": ["f"], "catalog_sha256": "abc", "catalog_size": N, **(meta or {})}
     w = StoreWriter(path, {"f": (SHAPE, "float32")}, capacity=max(1, len(images) * (1 + COPIES)), class_names=NAMES,
-                    meta={"model": "m", "layers": ["f"], "catalog_sha256": "abc", "catalog_size": N, **(meta or {})})  # fmt: skip
+                    meta=meta)  # fmt: skip
     for a in range(0, len(images), 2):
         w.append(*_rows_of(images[a : a + 2]))
         w.commit()
@@ -289,7 +290,8 @@ def test_shard_index_runs_in_any_order_some_twice_equal_a_single_run(real_folder
             assert shard.meta["catalog_size"] == N_REAL + 1  # the whole catalog's identity
         batches = list(view.to_dataset("conv3:avg", batch_size=4, shuffle=False).as_numpy_iterator())
         with open_store(single_run) as ref:
-            np.testing.assert_array_equal(np.concatenate([x for x, _ in batches]), np.asarray(ref.features("conv3:avg")))
+            pooled = np.asarray(ref.features("conv3:avg"))
+            np.testing.assert_array_equal(np.concatenate([x for x, _ in batches]), pooled)
             np.testing.assert_array_equal(np.concatenate([y for _, y in batches]), ref.labels)
             x, y = view.to_pydataset("conv1", batch_size=5, shuffle=False)[2]
             np.testing.assert_array_equal(x, np.asarray(ref.features("conv1"))[10:15])
@@ -301,8 +303,9 @@ def test_shard_index_runs_in_any_order_some_twice_equal_a_single_run(real_folder
     assert main(_argv(real_folder, out, tiny_model_file, "--shards", "3", "--resume")) == 0  # all skipped
 
 
-def test_interrupted_shard_resumes_without_duplicates_and_is_published_atomically(real_folder, tiny_model_file,
-                                                                                  single_run, tmp_path, monkeypatch):  # fmt: skip
+def test_interrupted_shard_resumes_without_duplicates_and_is_published_atomically(
+    real_folder, tiny_model_file, single_run, tmp_path, monkeypatch
+):
     from fastfeat.extraction import StopToken
     from fastfeat.sharding import extract_sharded, plan_job, run_shard
 
