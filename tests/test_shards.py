@@ -368,3 +368,32 @@ def test_a_shard_of_a_changed_source_is_not_published(class_tree, tiny_model_fil
     with pytest.raises(ValueError, match="the source changed since the job was planned"):
         run_shard(job, 0)
     assert not (tmp_path / "out" / shard_name(0, 2)).exists()
+
+
+def test_a_partial_shard_written_with_other_settings_is_redone(real_folder, tiny_model_file, single_run, tmp_path,
+                                                               monkeypatch):  # fmt: skip
+    import shutil
+
+    from fastfeat.extraction import StopToken
+    from fastfeat.sharding import plan_job, run_shard
+
+    other = plan_job(real_folder, tmp_path / "other", 3, model=tiny_model_file, **{**REAL, "batch_size": 3})
+    stop, commit = StopToken(), StoreWriter.commit
+
+    def commit_then_stop(writer):
+        commit(writer)
+        stop.set()
+
+    monkeypatch.setattr(StoreWriter, "commit", commit_then_stop)
+    assert run_shard(other, 1, stop=stop).status == "interrupted"
+    monkeypatch.undo()
+    job = plan_job(real_folder, tmp_path / "job", 3, model=tiny_model_file, **REAL)
+    name = shard_name(1, 3) + PARTIAL
+    shutil.copy(tmp_path / "other" / name, tmp_path / "job" / name)  # batch size 3, the job has 2
+    with pytest.warns(RuntimeWarning, match=r"discarding .*batch_size: 3, the job has 2"):
+        result = run_shard(job, 1)
+    assert result.status == "complete" and result.report["resumed_from"] == 0
+    for k in (0, 2):
+        run_shard(job, k)
+    with open_store(tmp_path / "job") as view:
+        _assert_same(view, single_run)

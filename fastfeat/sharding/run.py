@@ -183,11 +183,11 @@ def _settings(out: str):
     return None, lock
 
 
-def _stale(store, settings: dict, part: dict) -> list[str]:
-    """Why a partial store cannot be resumed under the job's settings (empty: it can)."""
+def _stale(store, settings: dict | None, part: dict) -> list[str]:
+    """Why a partial store cannot be resumed as this shard under the job's settings (empty: it can)."""
     meta = store.meta
     why = [f"{k}: {meta.get(k)!r}, the job has {settings[k]!r}" for k in ("precision", "batch_size")
-           if meta.get(k) not in ("auto", None) and meta.get(k) != settings[k]]  # fmt: skip
+           if settings and meta.get(k) not in ("auto", None) and meta.get(k) != settings[k]]  # fmt: skip
     if meta.get("part") not in (None, part):
         why.append(f"part: {meta.get('part')!r}, this shard is {part!r}")
     return why
@@ -245,8 +245,11 @@ def _run_locked(job: ShardJob, k: int, resume: bool, progress: bool, stop) -> Sh
         if os.path.exists(partial):
             if not resume:
                 raise FileExistsError(f"shard {k} of {out!r} is partial ({partial!r}). Pass --resume to complete it.")
-            with _open(partial) as store:
-                stale = _stale(store, settings, part) if settings else []
+            try:
+                with _open(partial) as store:
+                    stale = _stale(store, settings, part)
+            except (OSError, ValueError):  # not readable as it is: the writer's recovery decides
+                stale = []
             if stale:
                 warnings.warn(f"shard {k}: discarding {partial!r}, written with other settings ("
                               + "; ".join(stale) + ")", RuntimeWarning, stacklevel=2)  # fmt: skip
