@@ -368,6 +368,10 @@ def test_a_shard_of_a_changed_source_is_not_published(class_tree, tiny_model_fil
     with pytest.raises(ValueError, match="the source changed since the job was planned"):
         run_shard(job, 0)
     assert not (tmp_path / "out" / shard_name(0, 2)).exists()
+    with pytest.raises(ValueError, match="the source changed"):  # a shard whose run raises says so
+        run_shard(job, 1)
+    entry = read_manifest(tmp_path / "out")["shard_list"][1]
+    assert entry["status"] == "failed" and "source changed" in entry["error"]
 
 
 def test_a_partial_shard_written_with_other_settings_is_redone(real_folder, tiny_model_file, single_run, tmp_path,

@@ -267,6 +267,9 @@ def _run_locked(job: ShardJob, k: int, resume: bool, progress: bool, stop) -> Sh
         t0 = time.perf_counter()
         try:
             report = run(config, stop=stop, part=(k, job.shards))
+        except Exception as e:
+            _failed(out, k, e)
+            raise
         finally:
             if decider is not None:
                 decider.finish()
@@ -282,13 +285,23 @@ def _run_locked(job: ShardJob, k: int, resume: bool, progress: bool, stop) -> Sh
         update_shard(out, k, status="pending")
         return ShardResult(k, "interrupted", report.images, report.rows, report.failures, seconds,
                            report.images_per_second, entry["attempts"], entry["host"], report.to_dict())  # fmt: skip
-    entry = _publish(out, entry, partial, final, extra)
+    try:
+        entry = _publish(out, entry, partial, final, extra)
+    except Exception as e:
+        _failed(out, k, e)
+        raise
     return ShardResult(k, "complete", entry["images"], entry["rows"], entry["failures"], seconds,
                        report.images_per_second, entry["attempts"], entry["host"], report.to_dict())  # fmt: skip
 
 
+def _failed(out: str, k: int, error: BaseException) -> None:
+    """Record in the manifest that shard ``k``'s run raised ``error``."""
+    update_shard(out, k, status="failed", error=f"{type(error).__name__}: {error}"[:2000])
+
+
 def _start(manifest: dict, k: int) -> dict:
     entry = manifest["shard_list"][k]
+    entry.pop("error", None)
     entry.update(status="running", attempts=int(entry.get("attempts", 0)) + 1, host=socket.gethostname(),
                  pid=os.getpid(), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))  # fmt: skip
     return dict(entry)

@@ -33,8 +33,8 @@ MANIFEST_FORMAT = "fastfeat-shards"
 MANIFEST_VERSION = 1
 #: Suffix of a shard store while it is written; renamed to its final name once complete.
 PARTIAL = ".partial"
-#: Shard statuses in the manifest.
-STATUSES = ("pending", "running", "complete")
+#: Shard statuses in the manifest (``failed``: its last run raised; ``error`` says what).
+STATUSES = ("pending", "running", "complete", "failed")
 
 
 def shard_name(k: int, shards: int) -> str:
