@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from ._version import __version__
 
@@ -67,29 +68,41 @@ def _import_tensorflow_quietly() -> None:
         os.close(saved)
 
 
-def _graceful_stop():
-    """First Ctrl-C or SIGTERM (a scheduler stopping the job): finish the batch in flight, flush,
-    leave a resumable store. A second one interrupts at once. Returns the previous handlers."""
+def _stop_on_signals(state: dict):
+    """Ctrl-C and SIGTERM (a scheduler stopping the job) from the first instant: before a store is
+    open (TensorFlow's import, the model build) they interrupt at once (exit 130, one line). Once
+    a run writes its store, the first one finishes the batch in flight, flushes and leaves a
+    resumable store; a second one interrupts at once. Returns the previous handlers."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         return None
-    state = {"signals": 0}
 
     def handler(signum, frame):
         state["signals"] += 1
-        if state["signals"] > 1:
+        runloop = sys.modules.get("fastfeat.runloop")
+        if state["signals"] > 1 or not state.get("graceful") or runloop is None or not runloop.writing():
             raise KeyboardInterrupt(f"signal {signum}")
-        from .extraction import request_stop
-
-        request_stop()
+        runloop.request_stop()
         print(
             "\nfastfeat: stopping after the batch in flight (press Ctrl-C again to stop at once)",
             file=sys.stderr,
         )
 
     return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as one line, ``fastfeat: warning: ...``, without our source file and line."""
+    return f"fastfeat: warning: {message}\n"
+
+
+def _interrupted_line(args) -> str:
+    output = getattr(args, "output", None) if args is not None else None
+    if getattr(args, "command", None) == "extract" and output and os.path.isfile(output):
+        return "fastfeat: interrupted; an unfinished store can be completed with --resume"
+    return "fastfeat: interrupted"
 
 
 def _is_decode_error(e: BaseException) -> bool:
@@ -102,22 +115,33 @@ def _is_decode_error(e: BaseException) -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "needs_tensorflow", False):
-        _import_tensorflow_quietly()
-    previous = _graceful_stop() if getattr(args, "graceful_stop", False) else None
+    state = {"signals": 0, "graceful": False}
+    previous = _stop_on_signals(state)
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _format_warning
+    args = None
     try:
+        args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
+        prepare = getattr(args, "prepare", None)
+        if prepare is not None:  # every check that needs no model, before TensorFlow is imported
+            prepare(args)
+        if getattr(args, "needs_tensorflow", False):
+            _import_tensorflow_quietly()
+        state["graceful"] = getattr(args, "graceful_stop", False)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("\nfastfeat: interrupted; an unfinished store can be completed with --resume", file=sys.stderr)
+        print("\n" + _interrupted_line(args), file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fastfeat info x.h5 | head -3`: the reader is gone, so is our output
+        _silence_stdout()
+        return 0
     except Exception as e:
         if _is_decode_error(e):  # --on-error raise
             print(f"fastfeat: error: cannot read {e}. The store is incomplete: fix or remove the file, "
                   "then run again with --resume (or use --on-error skip).", file=sys.stderr)  # fmt: skip
             return 1
-        if isinstance(e, (ValueError, FileNotFoundError, FileExistsError, PermissionError, RuntimeError)):
+        if isinstance(e, (ValueError, FileNotFoundError, FileExistsError, PermissionError, RuntimeError,
+                          IsADirectoryError, NotADirectoryError)):  # fmt: skip
             print(f"fastfeat: error: {e}", file=sys.stderr)
             return 2
         if isinstance(e, OSError):
@@ -125,11 +149,22 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         raise
     finally:
+        warnings.formatwarning = formatwarning
         if previous:
             import signal
 
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from .runkeys import MERGE_KEYS, RESUME_KEYS, RUN_KEYS, check_resumable  # noqa:
 
 DTYPES = ("float32", "float16")
 ON_ERROR = ("skip", "raise")
-DEFAULT_LAYERS = ("block4_conv2",)
 
 
 def check_compression(spec: str | None) -> str:
@@ -74,7 +73,7 @@ class ExtractConfig:
     source: str
     output: str
     model: str = "vgg19"
-    layers: tuple[str, ...] = DEFAULT_LAYERS
+    layers: tuple[str, ...] | None = None  # None: the model's default cut (a model file: its last layer)
     image_size: tuple[int, int] | None = None
     batch_size: int | None = None
     weights: str | None = "imagenet"
@@ -111,13 +110,16 @@ class ExtractConfig:
         check_precision(self.precision)
         if self.overwrite and self.resume:
             raise ValueError("`overwrite` and `resume` exclude each other. Received: overwrite=True, resume=True")
-        layers = (self.layers,) if isinstance(self.layers, str) else tuple(self.layers or ())
-        if not layers:
-            raise ValueError(f"`layers` needs at least one layer name. Received: layers={self.layers!r}")
-        put("layers", layers)
+        if self.layers is None and not self.model_file:
+            put("layers", (get_spec(self.model).default_layer,))  # an unknown name fails here
+        if self.layers is not None:
+            layers = (self.layers,) if isinstance(self.layers, str) else tuple(self.layers)
+            if not layers:
+                raise ValueError(f"`layers` needs at least one layer name. Received: layers={self.layers!r}")
+            put("layers", layers)
         keys = self.feature_keys
         if len(set(keys)) != len(keys):
-            raise ValueError(f"`layers` repeats a cut. Received: layers={list(layers)}")
+            raise ValueError(f"`layers` repeats a cut. Received: layers={list(self.layers)}")
         put("image_size", checks.image_size(self.image_size))
         if self.batch_size is not None and (not checks.is_int(self.batch_size) or self.batch_size < 1):
             raise ValueError(f"`batch_size` must be >= 1 (or None: automatic). Received: batch_size={self.batch_size!r}")
@@ -165,8 +167,9 @@ class ExtractConfig:
 
     @property
     def cuts(self) -> list[tuple[str, str]]:
-        """(layer, pool) of every cut, ``pool`` applied to layers given without one."""
-        return [parse_layer(spec, self.pool) for spec in self.layers]
+        """(layer, pool) of every cut, ``pool`` applied to layers given without one (none yet for a
+        model file run at its default cut: its last layer, known once it is loaded)."""
+        return [parse_layer(spec, self.pool) for spec in self.layers or ()]
 
     @property
     def feature_keys(self) -> list[str]:
@@ -197,7 +200,7 @@ class ExtractConfig:
 
     def check_paths(self) -> None:
         """The file-system checks (output, its folder, the model file), before anything is built."""
-        if os.path.isdir(self.output):
+        if os.path.isdir(self.output) or self.output.endswith(("/", os.sep)):
             raise IsADirectoryError(f"`output` must be a .h5 file path, not a folder. Received: output={self.output!r}")
         if os.path.exists(self.output) and not (self.overwrite or self.resume):
             raise FileExistsError(f"{self.output!r} exists. Pass --overwrite to replace it, or --resume to complete it.")
@@ -237,6 +240,37 @@ class ExtractConfig:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["augment"] = self.augment.to_dict() if self.augment is not None else None
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+#: Settings a store's run description records under the config field's own name.
+_STORED_AS_IS = ("interpolation", "dtype", "exif", "reduced_decode", "max_pixels", "follow_links", "compression",
+                 "augment_copies", "augment", "seed")  # fmt: skip
+
+
+def settings_from_meta(meta: dict) -> dict:
+    """The :class:`ExtractConfig` fields a store's run description fixes: what a resume takes
+    from the store (the inverse of :meth:`ExtractConfig.to_meta`, plus the size and precision
+    the run chose)."""
+    from .precision import PRECISIONS
+
+    out = {key: meta[key] for key in _STORED_AS_IS if key in meta}
+    if isinstance(meta.get("model"), str):
+        out["model"] = meta["model"]
+    if meta.get("layers"):
+        out["layers"] = tuple(meta["layers"])
+    if meta.get("image_size"):
+        out["image_size"] = tuple(meta["image_size"])
+    if meta.get("preprocess"):
+        out["preprocess"] = meta["preprocess"]
+    if "weights" in meta and meta["weights"] != "model file":
+        out["weights"] = meta["weights"]
+    if meta.get("precision") in PRECISIONS:
+        out["precision"] = meta["precision"]
+    if isinstance(meta.get("batch_size"), int) and not meta.get("batch_size_auto"):
+        out["batch_size"] = meta["batch_size"]
+    if not out.get("augment_copies"):
+        out["augment"], out["seed"] = None, None
+    return out
 
 
 def config_defaults() -> dict:

@@ -13,16 +13,17 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from dataclasses import replace
 
 from .config import DEFAULT_MAX_PIXELS, ExtractConfig
 from .extractor import build_model
 from .loader import DecodeOptions, Loader
-from .plan import ExtractPlan, plan_extraction, run_meta
-from .report import ExtractReport
+from .plan import ExtractPlan, check_resume_settings, plan_extraction, run_meta
+from .report import ExtractReport, NoImagesWarning
 from .runkeys import RESUME_KEYS, check_resumable  # noqa: F401 -- RESUME_KEYS re-exported
 from .runloop import StopToken, request_stop, run_loop, running  # noqa: F401 -- request_stop re-exported
 from .runtime import restore_threads
-from .store.writer import StoreWriter
+from .store.writer import StoreWriter, check_not_locked
 
 __all__ = ["ExtractConfig", "ExtractReport", "StopToken", "extract", "request_stop", "run"]
 
@@ -31,7 +32,7 @@ def extract(
     source: str | os.PathLike,
     output: str | os.PathLike,
     model: str = "vgg19",
-    layers: list[str] | str = ("block4_conv2",),
+    layers: list[str] | str | None = None,
     image_size: int | tuple[int, int] | None = None,
     batch_size: int | None = None,
     weights: str | None = "imagenet",
@@ -67,6 +68,9 @@ def extract(
         output: the ``.h5`` store to write.
         model: a keras.applications short name (``fastfeat.models.models()``) or a ``.keras``/``.h5`` file.
         layers: layer name(s) to cut at, each optionally ``name:avg`` or ``name:max``; one forward pass.
+            Default: the model's own cut (``ModelSpec.default_layer``: the last feature map of the
+            headless base, ``block4_conv2`` for VGG; ``fastfeat layers MODEL`` marks it), a model
+            file's last layer.
         image_size: int or (height, width); default: the model's own input size.
         batch_size: images per forward pass (default: the largest power of two up to 32 on a CPU,
             256 on a GPU, that fits in memory; see :func:`fastfeat.runtime.choose_batch_size`).
@@ -122,8 +126,12 @@ def extract(
     return run(config, stop=stop)
 
 
-def run(config: ExtractConfig, stop: StopToken | None = None, part: tuple[int, int] | None = None) -> ExtractReport:
-    """Run the extraction ``config`` describes (see :func:`extract`); ``stop`` as there.
+def run(
+    config: ExtractConfig, stop: StopToken | None = None, part: tuple[int, int] | None = None,
+    plan: ExtractPlan | None = None,
+) -> ExtractReport:
+    """Run the extraction ``config`` describes (see :func:`extract`); ``stop`` as there; ``plan``:
+    its :func:`prepare` done already (the CLI does it before importing TensorFlow).
 
     ``part=(k, n)``: only part ``k`` of the catalog cut into ``n`` contiguous parts (a shard, see
     :mod:`fastfeat.sharding`); rows keep their position in the whole catalog as ``index``, the
@@ -132,17 +140,46 @@ def run(config: ExtractConfig, stop: StopToken | None = None, part: tuple[int, i
     t_start = time.perf_counter()
     stop = StopToken() if stop is None else stop
     with running(stop):  # a stop requested from here on (start-up included) ends the run after one batch
-        config.check_paths()  # with the config's own checks: everything that needs no model, before TensorFlow
-        plan = plan_extraction(config)
-        if part is not None:
-            plan = plan.parts(_check_part(part)[1])[part[0]]
+        plan = prepare(config, part) if plan is None else plan
+        if plan.complete:  # --resume of a finished store: nothing to build, nothing to do
+            return complete_report(plan)
         startup = {"catalog": time.perf_counter() - t_start}
         built = build_model(config, plan.precision, plan.batch_size, images=len(plan.catalog))
         try:
+            if config.layers is None:  # a model file at its default cut: known now that it is loaded
+                plan = replace(plan, config=config.replace(layers=tuple(built.shapes)))
             startup["model_build"] = built.build_seconds
             return _execute(plan, built, startup, stop, t_start, part)
         finally:
             restore_threads(built.runtime.threads)  # OpenCV's and Numba's thread counts as they were
+
+
+def prepare(config: ExtractConfig, part: tuple[int, int] | None = None) -> ExtractPlan:
+    """Every check that needs no model, and the plan (no TensorFlow): the config's own checks ran
+    on creation; here the paths, the writer's lock, the catalog and, for a resume, the settings
+    the store fixes (a refusal comes before any model is built or downloaded)."""
+    config.check_paths()
+    if config.mode != "create" and os.path.exists(config.output):
+        check_not_locked(config.output)
+    plan = plan_extraction(config)
+    check_resume_settings(plan)
+    if part is not None:
+        plan = plan.parts(_check_part(part)[1])[part[0]]
+    return plan
+
+
+def complete_report(plan: ExtractPlan) -> ExtractReport:
+    """The report of a ``resume`` whose store is complete already."""
+    from .store import open_store
+
+    config = plan.config
+    with open_store(config.output) as store:
+        rows = len(store)
+    return ExtractReport(
+        output=config.output, images=0, failures=0, seconds=0.0, images_per_second=0.0, resumed_from=rows,
+        model=str(plan.stored.get("model", "")), layers=list(plan.stored.get("layers", [])),
+        shapes={k: tuple(v) for k, v in (plan.stored.get("shapes") or {}).items()}, complete_already=True,
+    )  # fmt: skip
 
 
 def _check_part(part) -> tuple[int, int]:
@@ -175,6 +212,7 @@ def _execute(plan: ExtractPlan, built, startup: dict, stop: StopToken, t_start: 
         device=built.runtime.device.spec, precision_auto=meta["precision_auto"], startup=startup,
     )  # fmt: skip
     try:
+        stop.writing = True
         if mode == "resume":
             if plan.stored is None:  # not readable read-only; the writer's recovery opened it
                 check_resumable(writer.meta, meta)
@@ -207,6 +245,8 @@ def _execute(plan: ExtractPlan, built, startup: dict, stop: StopToken, t_start: 
 
 
 def _warn_about_values(report: ExtractReport, writer: StoreWriter) -> None:
+    if report.no_images:
+        warnings.warn(report.no_images_message(), NoImagesWarning, stacklevel=5)  # the caller of extract()
     if report.nonfinite:
         warnings.warn(
             f"{report.nonfinite} feature values came out NaN/inf under precision {report.precision!r}: "

@@ -23,7 +23,8 @@ class BuiltModel:
     Attributes:
         runtime: the :class:`fastfeat.runtime.Runtime` (device and thread plan).
         size: input (height, width).
-        shapes: feature key -> row shape.
+        shapes: feature key -> row shape (in cut order; the keys of a model file's default cut
+            are known only here).
         batch_size: images per forward pass (chosen when the config left it to us).
         batch_size_auto: whether it was chosen.
         precision: the inference precision, or ``"auto"`` while it is still to be measured.
@@ -64,7 +65,7 @@ def build_model(config: ExtractConfig, precision: str, batch_size: int | None, i
 
 def _build_model(config: ExtractConfig, precision: str, batch_size: int | None, images: int) -> BuiltModel:
     from .loader import default_ahead
-    from .models import build_base, extractor_builder, make_infer_fn, seeded_init, truncate
+    from .models import build_base, extractor_builder, feature_key, make_infer_fn, seeded_init, truncate
     from .runtime import choose_batch_size, configure
 
     t_build = time.perf_counter()
@@ -73,7 +74,8 @@ def _build_model(config: ExtractConfig, precision: str, batch_size: int | None, 
     auto, auto_key = None, None
     if precision == "auto":  # a decision that needs no measuring is taken before the model is built
         auto, auto_key = _auto_without_measuring(
-            runtime.device, config.model, keys, size, batch_size, config.remeasure_precision
+            runtime.device, config.model, keys or [f"(last layer):{config.pool}"], size, batch_size,
+            config.remeasure_precision,
         )
         if auto is not None:
             precision = auto.choice
@@ -87,6 +89,9 @@ def _build_model(config: ExtractConfig, precision: str, batch_size: int | None, 
             size = _model_file_size(config.model, base, size)
             if config.weights not in (None, "imagenet"):
                 base.load_weights(os.fspath(config.weights))
+        if not cuts:  # a model file at its default cut: its last layer
+            cuts = [(base.layers[-1].name, config.pool)]
+            keys = [feature_key(*cut) for cut in cuts]
         extractor = truncate(base, cuts)
     build_seconds = time.perf_counter() - t_build
     shapes = {k: tuple(int(d) for d in extractor.output[k].shape[1:]) for k in keys}

@@ -131,6 +131,27 @@ def _with_policy(precision: str):
     return scope()
 
 
+@contextlib.contextmanager
+def fresh_layer_names():
+    """Build with Keras' automatic layer names counted from zero, as in a fresh process.
+
+    Some bases name layers automatically (MobileNetV3's and NASNet's last ``activation_N``) from
+    a process-wide counter: without this, a second build in one process (an API caller's own
+    models, a test run) would name the default cut differently. The counter is put back after.
+    """
+    import collections
+
+    from keras.src.backend.common import global_state
+
+    key = "object_name_uids"
+    saved = global_state.get_global_attribute(key)
+    global_state.set_global_attribute(key, collections.defaultdict(int))
+    try:
+        yield
+    finally:
+        global_state.set_global_attribute(key, saved)
+
+
 def build_base(
     model: str,
     image_size: tuple[int, int] | None = None,
@@ -178,7 +199,7 @@ def build_base(
         weights = None
     constructor = getattr(keras.applications, spec.constructor)
     kwargs = dict(include_top=False, weights=weights, input_shape=(size[0], size[1], 3))
-    with _with_policy(precision):
+    with _with_policy(precision), fresh_layer_names():
         try:
             base = constructor(**kwargs)
         except Exception as e:  # noqa: BLE001 -- any download failure becomes one clear message

@@ -16,7 +16,7 @@ import numpy as np
 from .catalog import Catalog, build_catalog
 from .config import ExtractConfig
 from .precision import PRECISIONS
-from .runkeys import RUN_KEYS
+from .runkeys import RESUME_KEYS, RUN_KEYS, check_resumable
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class ExtractPlan:
             ``None`` to choose it within memory.
         stored: the run description of the store being resumed (read-only), or ``None``.
         bounds: the ``[start, stop)`` range of catalog positions this plan covers.
+        complete: the store being resumed is complete already (its run finished: nothing to do).
     """
 
     config: ExtractConfig
@@ -42,6 +43,7 @@ class ExtractPlan:
     batch_size: int | None
     stored: dict | None = None
     bounds: tuple[int, int] = (0, 0)
+    complete: bool = False
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -64,21 +66,27 @@ class ExtractPlan:
 def stored_meta(output: str) -> dict | None:
     """The run description of an existing store, read-only; ``None`` if it cannot be read (the
     writer then says why it cannot be resumed)."""
+    return stored_state(output)[0]
+
+
+def stored_state(output: str) -> tuple[dict | None, bool]:
+    """(run description, whether its run finished) of an existing store, read-only; ``(None,
+    False)`` if it cannot be read (the writer then says why it cannot be resumed)."""
     from .store import open_store
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # an incomplete store is exactly what a resume expects
             with open_store(output) as store:
-                return dict(store.meta)
+                return dict(store.meta), bool(store.complete)
     except Exception:  # noqa: BLE001 -- damaged or foreign: StoreWriter(mode="resume") reports it
-        return None
+        return None, False
 
 
 def plan_extraction(config: ExtractConfig) -> ExtractPlan:
     """Read the catalog (and, for a resume, the store's settings) and plan the whole run."""
     catalog = build_catalog(config.source, classes=config.classes, follow_links=config.follow_links)
-    stored = stored_meta(config.output) if config.resume and os.path.exists(config.output) else None
+    stored, complete = stored_state(config.output) if config.resume and os.path.exists(config.output) else (None, False)
     precision, batch_size = config.precision, config.batch_size
     if stored is not None:  # a resumed run keeps what the first run chose, so its rows match
         if precision == "auto" and stored.get("precision") in PRECISIONS:
@@ -86,7 +94,25 @@ def plan_extraction(config: ExtractConfig) -> ExtractPlan:
         if batch_size is None and isinstance(stored.get("batch_size"), int):
             batch_size = stored["batch_size"]
     positions = np.arange(len(catalog), dtype=np.int64)
-    return ExtractPlan(config, catalog, positions, precision, batch_size, stored, (0, len(catalog)))
+    return ExtractPlan(config, catalog, positions, precision, batch_size, stored, (0, len(catalog)), complete)
+
+
+def check_resume_settings(plan: ExtractPlan) -> None:
+    """Refuse a resume whose settings differ from the store's, on every resume key known without
+    the model (the rest is checked once it is built): before anything is built or downloaded."""
+    if plan.stored is None:
+        return
+    config, catalog = plan.config, plan.catalog
+    wanted = config.to_meta()
+    wanted.update(catalog_size=len(catalog), catalog_sha256=catalog.fingerprint(), class_names=list(catalog.class_names))
+    if config.image_size is not None:
+        wanted["image_size"] = list(config.image_size)
+    if config.precision != "auto":
+        wanted["precision"] = config.precision
+    if config.layers is None:  # a model file's last layer: known once it is loaded
+        wanted.pop("layers")
+    keys = [k for k in RESUME_KEYS if k in wanted]
+    check_resumable({k: plan.stored.get(k) for k in keys}, {k: wanted[k] for k in keys})
 
 
 def run_meta(plan: ExtractPlan, built) -> dict:

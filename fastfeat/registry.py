@@ -21,6 +21,10 @@ class ModelSpec:
         default_size: (height, width) the ImageNet weights were trained at.
         preprocess: normalization mode of its ``preprocess_input`` (see ``fastfeat.preprocess``).
         min_size: smallest input side the architecture accepts.
+        default_layer: the cut taken when none is given: the last layer of the headless
+            (``include_top=False``) base, its last feature map, as Keras' ``pooling=None`` and
+            timm's ``forward_features`` give it (``--pool avg`` makes it the pooled vector of
+            ``pooling="avg"``). VGG keeps fastfeat's long-standing ``block4_conv2``.
     """
 
     name: str
@@ -28,13 +32,32 @@ class ModelSpec:
     default_size: tuple[int, int]
     preprocess: str
     min_size: int = 32
+    default_layer: str = ""
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
+#: The default cut of each family, by name prefix (first match): the last layer of its headless
+#: base (the tests check each against the built model), VGG's block4_conv2 apart.
+_DEFAULT_LAYERS = (
+    ("vgg", "block4_conv2"), ("resnet*v2", "post_relu"), ("resnet", "conv5_block3_out"),
+    ("inceptionv3", "mixed10"), ("inceptionresnetv2", "conv_7b_ac"), ("xception", "block14_sepconv2_act"),
+    ("mobilenetv3small", "activation_17"), ("mobilenetv3large", "activation_19"), ("mobilenetv2", "out_relu"),
+    ("mobilenet", "conv_pw_13_relu"), ("densenet", "relu"), ("efficientnet", "top_activation"),
+    ("convnext", "layer_normalization"), ("nasnetmobile", "activation_187"), ("nasnetlarge", "activation_259"),
+)  # fmt: skip
+
 
 def _register(name, constructor, size, preprocess, min_size=32):
-    _REGISTRY[name] = ModelSpec(name, constructor, (size, size), preprocess, min_size)
+    _REGISTRY[name] = ModelSpec(name, constructor, (size, size), preprocess, min_size, _default_layer(name))
+
+
+def _default_layer(name: str) -> str:
+    for prefix, layer in _DEFAULT_LAYERS:
+        head, _, tail = prefix.partition("*")
+        if name.startswith(head) and name.endswith(tail):
+            return layer
+    raise KeyError(f"no default layer for {name!r}")
 
 
 _register("vgg16", "VGG16", 224, "caffe")

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 
+class NoImagesWarning(RuntimeWarning):
+    """No image of the run could be read: its store holds failures only (the CLI exits 1)."""
+
+
 @dataclass
 class ExtractReport:
     """What a run did.
@@ -22,6 +26,7 @@ class ExtractReport:
             input batch, tracing and inferring it).
         shapes: feature key -> row shape.
         stages: seconds spent waiting for input, in inference and waiting for the writer.
+        complete_already: a resume found the store complete: nothing was built or written.
     """
 
     output: str
@@ -45,9 +50,13 @@ class ExtractReport:
     resumed_from: int = 0
     stages: dict = field(default_factory=dict)
     failure_list: list = field(default_factory=list)
+    complete_already: bool = False
 
     def summary(self) -> str:
         """A few human-readable lines for the end of a run."""
+        if self.complete_already:
+            return (f"fastfeat: {self.output} is complete already ({self.resumed_from} rows): nothing to resume "
+                    "(use --overwrite to redo it)")  # fmt: skip
         lines = [
             f"fastfeat: {self.images} images -> {self.output} "
             f"({self.failures} failed) in {self.seconds:.1f} s, "
@@ -76,6 +85,18 @@ class ExtractReport:
         if self.interrupted:
             lines.append("  interrupted: the store is incomplete; run again with --resume to finish it")
         return "\n".join(lines)
+
+    @property
+    def no_images(self) -> bool:
+        """Whether files were tried and none could be read (a resumed store's earlier rows aside)."""
+        return self.images == 0 and self.failures > 0 and not self.resumed_from
+
+    def no_images_message(self) -> str:
+        first = f" (first: {self.failure_list[0][0]}: {self.failure_list[0][1]})" if self.failure_list else ""
+        return (
+            f"no image could be read: all {self.failures} files failed{first}, so {self.output!r} holds no "
+            "features. Fix or replace the files, then run again with --overwrite."
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)

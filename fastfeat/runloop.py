@@ -22,6 +22,7 @@ class StopToken:
 
     def __init__(self):
         self._event = threading.Event()
+        self.writing = False  # set once the run's store is open (a stop then leaves it resumable)
 
     def set(self) -> None:
         """Ask the run to stop after the batch in flight (its store stays resumable)."""
@@ -46,6 +47,12 @@ def request_stop() -> None:
     """
     for token in tuple(_RUNNING):
         token.set()
+
+
+def writing() -> bool:
+    """Whether a run going on in this process has its store open (the CLI's first Ctrl-C then
+    finishes the batch in flight; before that, there is nothing to keep and it interrupts)."""
+    return any(token.writing for token in tuple(_RUNNING))
 
 
 class running:

@@ -7,7 +7,12 @@ and takes its default from it; the augmentation flags build the config's ``augme
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import os
+import re
+import sys
+import warnings
 
 from ..config import DTYPES, ON_ERROR, POOLS, ExtractConfig, config_defaults
 from ..decode import INTERPOLATIONS
@@ -20,7 +25,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a default only where there is one worth showing."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False, True, argparse.SUPPRESS) or "default" in (action.help or ""):
+        no_default = any(action.default is v for v in (None, False, True, argparse.SUPPRESS))  # 0 is a default
+        if no_default or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -29,15 +35,23 @@ def _max_pixels(text: str) -> int | None:
     """``"none"`` -> no limit, else a positive int."""
     if text.strip().lower() == "none":
         return None
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive int or 'none', got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a positive int or 'none'. Received: {text!r}")
     return value
 
 
 def _floats(text: str):
     """``"0.2"`` -> 0.2, ``"0.8,1.2"`` -> [0.8, 1.2]."""
-    parts = [float(v) for v in text.split(",") if v.strip()]
+    try:
+        parts = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        parts = []
+    if not parts:
+        raise argparse.ArgumentTypeError(f"must be a number or LO,HI numbers. Received: {text!r}")
     return parts[0] if len(parts) == 1 else parts
 
 
@@ -73,7 +87,8 @@ FLAGS = (
     (("-o", "--output"), "output", dict(required=True, help="the .h5 store to write"), None),
     (("--model",), "model", dict(help="keras.applications short name (see `fastfeat models`) or a .keras/.h5 file"), None),
     (("--layer",), "layers", dict(action="append", metavar="NAME[:POOL]", default=None,
-     help="layer to cut at (repeat for several; all from one forward pass). Default: block4_conv2"), None),
+     help="layer to cut at (repeat for several; all from one forward pass). Default: the model's last "
+     "feature map (block4_conv2 for VGG, a model file's last layer; marked in `fastfeat layers MODEL`)"), None),
     (("--pool",), "pool", dict(choices=POOLS, help="pooling for layers given without :POOL"), None),
     (("--image-size",), "image_size", dict(help="N or HxW (default: the model's own)"), None),
     (("--batch-size",), "batch_size", dict(type=int, help="images per forward pass (default: automatic, within memory)"), None),
@@ -98,7 +113,8 @@ FLAGS = (
     (("--cache",), "cache", dict(metavar="CACHE", help=(
         "read decoded images from this cache (`fastfeat cache`; built first if missing) instead of decoding")), None),
     (("--overwrite",), "overwrite", dict(action="store_true", help="replace an existing output"), "mode"),
-    (("--resume",), "resume", dict(action="store_true", help="complete an interrupted output (same settings)"), "mode"),
+    (("--resume",), "resume", dict(action="store_true", help=(
+        "complete an interrupted output; every setting not given comes from the store, those given must agree")), "mode"),
     (("--unsafe-model",), "unsafe_model", dict(action="store_true",
      help="load a model file without Keras safe mode (runs its code)"), None),
     (("--quiet",), "progress", dict(action="store_false", help="no progress bar or summary"), None),
@@ -115,6 +131,13 @@ def register_subparser(subparsers) -> None:
         description="Extract CNN features of every image under SOURCE into one HDF5 store.",
         formatter_class=_HelpFormatter,
     )
+    _add_arguments(p, config_defaults())
+    add_shard_flags(p)
+    p.set_defaults(func=run, prepare=prepare, needs_tensorflow=True, graceful_stop=True)
+
+
+def _add_arguments(p: argparse.ArgumentParser, defaults: dict | None) -> None:
+    """Every flag but the shard flags; ``defaults=None``: none at all (to see which were given)."""
     p.add_argument("source", help="folder of class subfolders, flat folder of images, or .txt/.csv file list")
     groups = {
         "mode": p.add_mutually_exclusive_group(),
@@ -123,38 +146,133 @@ def register_subparser(subparsers) -> None:
             "Store K augmented copies of every image after its plain features (ImageDataGenerator semantics).",
         ),
     }
-    defaults = config_defaults()
+    unset = {} if defaults is not None else {"default": argparse.SUPPRESS}
     for flags, name, options, group in FLAGS:
-        options = {"dest": name, **options}
-        if options.get("action") not in ("store_true", "store_false", "append"):
+        options = {"dest": name, **options, **unset}
+        if defaults is not None and options.get("action") not in ("store_true", "store_false", "append"):
             options.setdefault("default", defaults.get(name))
         (groups[group] if group else p).add_argument(*flags, **options)
     aug = groups["augment"]
     for flag, kind, text in AUGMENT_FLAGS:
-        aug.add_argument(flag, type=kind, default=None, help=text)
-    aug.add_argument("--horizontal-flip", action="store_true", default=None, help="random left-right flips")
-    aug.add_argument("--vertical-flip", action="store_true", default=None, help="random up-down flips")
-    aug.add_argument("--fill-mode", default=None, choices=("constant", "nearest", "reflect", "wrap"), help="points outside the image")
-    add_shard_flags(p)
-    p.set_defaults(func=run, needs_tensorflow=True, graceful_stop=True)
+        aug.add_argument(flag, type=kind, help=text, **(unset or {"default": None}))
+    aug.add_argument("--horizontal-flip", action="store_true", help="random left-right flips", **(unset or {"default": None}))
+    aug.add_argument("--vertical-flip", action="store_true", help="random up-down flips", **(unset or {"default": None}))
+    aug.add_argument("--fill-mode", choices=("constant", "nearest", "reflect", "wrap"), help="points outside the image",
+                     **(unset or {"default": None}))  # fmt: skip
 
 
-def config_from_args(args) -> ExtractConfig:
-    """The :class:`ExtractConfig` of parsed ``fastfeat extract`` arguments (checked)."""
+def config_from_args(args, stored: dict | None = None) -> ExtractConfig:
+    """The :class:`ExtractConfig` of parsed ``fastfeat extract`` arguments (checked; messages in
+    flag names). ``stored``: settings a resumed store fixes, for every flag not given."""
     values = {name: getattr(args, name) for _, name, _, _ in FLAGS}
     if values["layers"] is None:
         del values["layers"]  # the config's default cut
     values["augment"] = augment_from_args(args)
+    values.update(stored or {})
+    if values.get("augment_copies") and values["augment"] is None:
+        raise ValueError("--augment-copies K needs an augmentation: --augment CONFIG.json or flags such as "
+                         f"--rotation-range, --horizontal-flip. Received: --augment-copies {values['augment_copies']}")  # fmt: skip
+    if values["augment"] is not None and not values.get("augment_copies"):
+        raise ValueError("The augmentation flags are used for augmented copies only: add --augment-copies K. "
+                         f"Received: --augment-copies {values.get('augment_copies')}")  # fmt: skip
     known = {f.name for f in dataclasses.fields(ExtractConfig)}
-    return ExtractConfig(args.source, **{k: v for k, v in values.items() if k in known})
+    with flag_names():
+        return ExtractConfig(args.source, **{k: v for k, v in values.items() if k in known})
+
+
+@contextlib.contextmanager
+def flag_names():
+    """Re-raise a check's ``ValueError``/``OSError``/``RuntimeError`` with its message in flag names."""
+    try:
+        yield
+    except (ValueError, OSError, RuntimeError) as e:
+        try:
+            translated = type(e)(in_flag_names(str(e)))
+        except Exception:  # noqa: BLE001 -- an exception type with another signature: as it is
+            raise e from None
+        raise translated from None
+
+
+def _flag_names() -> dict[str, str]:
+    """ExtractConfig field (and run description key) -> the flag that sets it."""
+    names = {name: flags[-1] for flags, name, _, _ in FLAGS}
+    names.update(source="SOURCE", output="-o", progress="--quiet", unsafe_model="--unsafe-model")
+    return names
+
+
+def in_flag_names(message: str) -> str:
+    """A message of the config's checks in flag names: `image_size` -> `--image-size`,
+    ``Received: image_size=0`` -> ``Received: --image-size=0``, a resume mismatch's ``  dtype:``
+    line -> ``  --dtype:``."""
+    for name, flag in sorted(_flag_names().items(), key=lambda item: -len(item[0])):
+        message = re.sub(rf"`{name}`", f"`{flag}`", message)
+        message = re.sub(rf"(?<![\w-]){name}=", f"{flag}=", message)
+        message = re.sub(rf"(?m)^(\s+){name}:", rf"\g<1>{flag}:", message)
+    return message
+
+
+def given_dests(argv: list[str]) -> set[str]:
+    """The ``dest`` of every ``fastfeat extract`` flag present in ``argv`` (its arguments after
+    ``extract``), told apart from the defaults."""
+    probe = argparse.ArgumentParser(add_help=False)
+    _add_arguments(probe, None)
+    known, _ = probe.parse_known_args(argv)
+    return set(vars(known))
+
+
+def _stored_settings(args) -> dict:
+    """For ``--resume`` of an existing store: its settings for every flag not given."""
+    from ..config import settings_from_meta
+    from ..plan import stored_meta
+
+    meta = stored_meta(args.output)
+    if meta is None:
+        return {}  # damaged or foreign: the writer says why it cannot be resumed
+    argv = list(getattr(args, "argv", None) or [])
+    given = given_dests(argv[argv.index("extract") + 1 :] if "extract" in argv else argv)
+    settings = settings_from_meta(meta)
+    augment_names = {flag[2:].replace("-", "_") for flag, _, _ in AUGMENT_FLAGS}
+    augment_names |= {"augment", "horizontal_flip", "vertical_flip", "fill_mode"}
+    if given & augment_names:
+        settings.pop("augment", None)
+    if meta.get("class_names") and os.path.isdir(args.source):
+        settings["classes"] = tuple(meta["class_names"])
+    return {k: v for k, v in settings.items() if k not in given}
+
+
+def prepare(args) -> None:
+    """Before TensorFlow is imported: the config (from the store's settings for a ``--resume``)
+    and every check that needs no model; a resume of a complete store needs no TensorFlow at all."""
+    stored = _stored_settings(args) if args.resume and os.path.isfile(args.output) and not uses_shards(args) else None
+    args.config = config_from_args(args, stored)
+    if uses_shards(args):  # -o is a folder of shard stores: the sharded job checks it
+        return
+    from ..extraction import prepare as prepare_run
+
+    with flag_names():
+        try:
+            args.plan = prepare_run(args.config)
+        except ValueError as e:
+            if not str(e).startswith("Cannot resume"):
+                raise
+            raise ValueError(f"{e}\nLeave these flags out: --resume takes every setting from the store.") from None
+    if args.plan.complete:
+        args.needs_tensorflow = False
 
 
 def run(args) -> int:
     from ..extraction import run as run_extraction
+    from ..report import NoImagesWarning
 
+    config = getattr(args, "config", None) or config_from_args(args)
     if uses_shards(args):  # -o is a folder of shard stores
-        return run_sharded(args, config_from_args(args))
-    report = run_extraction(config_from_args(args))
-    if args.progress or report.interrupted:
+        return run_sharded(args, config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoImagesWarning)  # said below as an error, --quiet or not
+        report = run_extraction(config, plan=getattr(args, "plan", None))
+    if args.progress or report.interrupted or report.complete_already:
         print(report.summary())
+    if report.no_images:
+        print(f"fastfeat: error: {report.no_images_message()}", file=sys.stderr)
+        return 1
     return 130 if report.interrupted else 0

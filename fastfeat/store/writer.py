@@ -17,6 +17,7 @@ rows of an image and of its augmented copies are committed together or not at al
 from __future__ import annotations
 
 import collections
+import fcntl
 import os
 
 import h5py
@@ -31,6 +32,30 @@ from .lock import StoreLock, StoreLockedError  # noqa: F401 -- StoreLockedError 
 from .recovery import UnrecoverableStoreError  # noqa: F401 -- re-exported
 from .resume import open_for_resume
 from .strings import StringColumn
+
+
+def check_not_locked(path: str | os.PathLike) -> None:
+    """Raise :class:`StoreLockedError` now if another live process writes ``path`` (the check a
+    :class:`StoreWriter` makes when it opens it, made early: before a model is built). Takes and
+    drops the lock; leaves its file as it was."""
+    lock_path = os.fspath(path) + ".lock"
+    if not os.path.exists(lock_path):
+        return
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return  # gone meanwhile, or unreadable: the writer's own acquire decides
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise StoreLockedError(
+            f"{os.fspath(path)!r} is being written by another process ({StoreLock._owner(fd)}). "
+            f"If that process is gone, delete {lock_path!r}."
+        ) from None
+    except OSError:
+        pass  # no locks on this file system: the writer warns
+    finally:
+        os.close(fd)  # closing drops a lock taken here
 
 
 class StoreWriter:
