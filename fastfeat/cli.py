@@ -38,34 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow and probe its devices with file descriptor 2 muted.
+    """TensorFlow imported with its C++ start-up chatter muted (:func:`fastfeat.extractor.import_tensorflow_quietly`)."""
+    from .extractor import import_tensorflow_quietly
 
-    Its C++ libraries print start-up lines (absl, CUDA probing on machines without a GPU)
-    that ignore ``TF_CPP_MIN_LOG_LEVEL``. Import errors still surface as Python exceptions
-    once stderr is back. ``FASTFEAT_TF_VERBOSE=1`` keeps the chatter (e.g. to see why a GPU
-    was not found).
-    """
-    if "tensorflow" in sys.modules or os.environ.get("FASTFEAT_TF_VERBOSE"):
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):
-        return
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            try:
-                import tensorflow as tf
-
-                tf.config.list_physical_devices("GPU")  # the CUDA probe prints here too
-            except Exception:  # noqa: BLE001 -- re-raised below with stderr restored
-                os.dup2(saved, 2)
-                raise
-            finally:
-                os.dup2(saved, 2)
-    finally:
-        os.close(saved)
+    import_tensorflow_quietly()
 
 
 def _stop_on_signals(state: dict):

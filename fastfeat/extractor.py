@@ -6,6 +6,7 @@ batch by :class:`AutoMeasure`). TensorFlow is imported by the functions here, no
 from __future__ import annotations
 
 import os
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -48,6 +49,38 @@ class BuiltModel:
     build_seconds: float
 
 
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow and probe its devices with file descriptor 2 muted.
+
+    Its C++ libraries print start-up lines (absl, CUDA probing on machines without a GPU)
+    that ignore ``TF_CPP_MIN_LOG_LEVEL``. Import errors still surface as Python exceptions
+    once stderr is back. The CLI and every run (:func:`build_model`) import it through here. ``FASTFEAT_TF_VERBOSE=1`` keeps the chatter (e.g. to see why a GPU
+    was not found).
+    """
+    if "tensorflow" in sys.modules or os.environ.get("FASTFEAT_TF_VERBOSE"):
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import tensorflow as tf
+
+                tf.config.list_physical_devices("GPU")  # the CUDA probe prints here too
+            except Exception:  # noqa: BLE001 -- re-raised below with stderr restored
+                os.dup2(saved, 2)
+                raise
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
 def build_model(config: ExtractConfig, precision: str, batch_size: int | None, images: int) -> BuiltModel:
     """Set up the runtime and build the cut model for ``config``.
 
@@ -57,6 +90,7 @@ def build_model(config: ExtractConfig, precision: str, batch_size: int | None, i
         batch_size: the batch size, or ``None`` to choose it within memory.
         images: the number of images of the job (bounds the chosen batch size).
     """
+    import_tensorflow_quietly()  # the Python API mutes TensorFlow's start-up chatter as the CLI does
     from .models import caller_rng_kept
 
     with caller_rng_kept():  # Keras draws default seeds from the caller's generators
@@ -65,7 +99,7 @@ def build_model(config: ExtractConfig, precision: str, batch_size: int | None, i
 
 def _build_model(config: ExtractConfig, precision: str, batch_size: int | None, images: int) -> BuiltModel:
     from .loader import default_ahead
-    from .models import build_base, extractor_builder, feature_key, make_infer_fn, seeded_init, truncate
+    from .models import build_base, extractor_builder, feature_key, load_weights, make_infer_fn, seeded_init, truncate
     from .runtime import choose_batch_size, configure
 
     t_build = time.perf_counter()
@@ -88,7 +122,7 @@ def _build_model(config: ExtractConfig, precision: str, batch_size: int | None, 
         if model_file:
             size = _model_file_size(config.model, base, size)
             if config.weights not in (None, "imagenet"):
-                base.load_weights(os.fspath(config.weights))
+                load_weights(base, os.fspath(config.weights), repr(config.model))
         if not cuts:  # a model file at its default cut: its last layer
             cuts = [(base.layers[-1].name, config.pool)]
             keys = [feature_key(*cut) for cut in cuts]

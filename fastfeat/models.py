@@ -179,7 +179,15 @@ def build_base(
     if is_model_file(model):
         if not os.path.exists(model):
             raise FileNotFoundError(f"No such model file: {model!r}")
-        loaded = keras.saving.load_model(model, compile=False, safe_mode=safe_mode)
+        try:
+            loaded = keras.saving.load_model(model, compile=False, safe_mode=safe_mode)
+        except ValueError as e:
+            if "safe_mode" not in str(e):
+                raise
+            raise ValueError(
+                f"{model!r} holds Python code (a Lambda layer) that Keras' safe_mode does not run. If you trust "
+                "the file, pass unsafe_model=True (--unsafe-model). Received: unsafe_model=False"
+            ) from None
         # the file stores a policy per layer: the global policy does not reach them
         return rebuild_with_policy(loaded, precision, safe_mode=safe_mode)
 
@@ -211,14 +219,37 @@ def build_base(
                 ) from e
             raise
     if weights_file is not None:
-        try:
-            base.load_weights(weights_file)
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(
-                f"Could not load weights from {weights_file!r} into {spec.name} "
-                f"(include_top=False, input {size[0]}x{size[1]}): {e}"
-            ) from e
+        load_weights(base, weights_file, f"{spec.name} (include_top=False, input {size[0]}x{size[1]})")
     return base
+
+
+def load_weights(model, path: str, what: str) -> None:
+    """``model.load_weights(path)`` with one clear line when the file does not fit: a refusal
+    becomes one ``ValueError`` (Keras' lists every object and tensor, ~10 KB), and Keras' warning
+    per layer it skipped becomes one warning with the count."""
+    import re
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(path)
+        except Exception as e:  # noqa: BLE001 -- any refusal becomes one message
+            text = str(e)
+            found = re.search(r"Layer '[^']+' expected [^.\n]*", text)
+            reason = found.group(0) if found else text.strip().splitlines()[0][:200] if text.strip() else type(e).__name__
+            raise ValueError(
+                f"The weights file {path!r} does not fit {what}: {reason}. Pass a file saved from this model "
+                f"at this input size (--weights PATH), or --weights imagenet / none. Received: weights={path!r}"
+            ) from None
+    skipped = [w for w in caught if issubclass(w.category, UserWarning)]
+    if skipped:
+        warnings.warn(
+            f"Loading {path!r} into {what} skipped {len(skipped)} part(s) of the model, which keep their "
+            f"random initialization (first: {str(skipped[0].message)[:160]})",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _looks_like_download_error(e: Exception) -> bool:

@@ -57,8 +57,9 @@ class ExtractReport:
         if self.complete_already:
             return (f"fastfeat: {self.output} is complete already ({self.resumed_from} rows): nothing to resume "
                     "(use --overwrite to redo it)")  # fmt: skip
+        rows = f" ({self.rows} rows with their augmented copies)" if self.rows != self.images else ""
         lines = [
-            f"fastfeat: {self.images} images -> {self.output} "
+            f"fastfeat: {self.images} images{rows} -> {self.output} "
             f"({self.failures} failed) in {self.seconds:.1f} s, "
             f"{self.images_per_second:.1f} images/s "
             + ("steady state" if self.steady else "(a single batch: warm-up included)"),

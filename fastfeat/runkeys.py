@@ -7,10 +7,11 @@ from __future__ import annotations
 
 #: Every entry of a store's run description: (key, must match to resume the store, must match to
 #: merge it with another). Rows written with another value of a resume key would not be the rows
-#: the first run wrote; features that differ in a merge key are not comparable.
+#: the first run wrote; features that differ in a merge key are not comparable (the inference
+#: precision too: float32 and bfloat16 features of one image differ by up to ~1e-2).
 RUN_KEYS = (
     ("model", True, True), ("layers", True, True), ("shapes", False, True), ("image_size", True, True),
-    ("interpolation", True, True), ("preprocess", True, True), ("precision", True, False),
+    ("interpolation", True, True), ("preprocess", True, True), ("precision", True, True),
     ("precision_requested", False, False), ("precision_auto", False, False), ("dtype", True, True),
     ("weights", True, True), ("init_seed", True, False), ("exif", True, False), ("reduced_decode", True, False),
     ("max_pixels", True, False), ("follow_links", True, False), ("compression", True, False),

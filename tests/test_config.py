@@ -20,7 +20,7 @@ def test_resume_and_merge_keys_are_those_extract_and_merge_checked():
         "catalog_size", "catalog_sha256", "class_names", "augment_copies", "augment", "seed",
     )  # fmt: skip
     assert set(MERGE_KEYS) == {"model", "layers", "shapes", "dtype", "image_size", "preprocess", "weights",
-                               "interpolation"}  # fmt: skip
+                               "interpolation", "precision"}  # fmt: skip
 
 
 def test_config_normalizes_and_is_frozen(tmp_path):

@@ -135,7 +135,7 @@ def test_complete_store_resume_says_so(class_tree, tiny_model_file, tmp_path, ca
     argv = _extract(root, out, "--model", tiny_model_file, "--layer", "conv3", "--precision", "float32", "--quiet")
     assert main(argv) == 0
     assert main(_extract(root, out, "--resume")) == 0
-    assert "is complete already: nothing to resume" in capsys.readouterr().out
+    assert "is complete already (9 rows): nothing to resume" in capsys.readouterr().out
 
 
 def test_no_readable_image_exits_1_with_a_message_quiet_does_not_hide(tmp_path, tiny_model_file, capsys):

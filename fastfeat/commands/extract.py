@@ -182,15 +182,17 @@ def config_from_args(args, stored: dict | None = None) -> ExtractConfig:
 
 @contextlib.contextmanager
 def flag_names():
-    """Re-raise a check's ``ValueError``/``OSError``/``RuntimeError`` with its message in flag names."""
+    """Re-raise a check's error (``ValueError`` and the file errors, not their subclasses such as
+    a ``DecodeError``) with its message in flag names."""
     try:
         yield
-    except (ValueError, OSError, RuntimeError) as e:
-        try:
-            translated = type(e)(in_flag_names(str(e)))
-        except Exception:  # noqa: BLE001 -- an exception type with another signature: as it is
-            raise e from None
-        raise translated from None
+    except (ValueError, OSError) as e:
+        if type(e) not in _TRANSLATED:
+            raise
+        raise type(e)(in_flag_names(str(e))) from None
+
+
+_TRANSLATED = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
 def _flag_names() -> dict[str, str]:
@@ -269,7 +271,8 @@ def run(args) -> int:
         return run_sharded(args, config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoImagesWarning)  # said below as an error, --quiet or not
-        report = run_extraction(config, plan=getattr(args, "plan", None))
+        with flag_names():
+            report = run_extraction(config, plan=getattr(args, "plan", None))
     if args.progress or report.interrupted or report.complete_already:
         print(report.summary())
     if report.no_images:

@@ -43,6 +43,8 @@ def store_info(store) -> dict:
     names = store.class_names
     counts = {name: int(np.count_nonzero(labels == i)) for i, name in enumerate(names)}
     unlabeled = int(np.count_nonzero(labels < 0))
+    plain = np.asarray(store.copies) == 0  # one plain row per image, then its augmented copies
+    images = {name: int(np.count_nonzero(plain & (labels == i))) for i, name in enumerate(names)}
     layers = [_layer_info(store, key) for key in store.layers]
     stored = sum(layer["stored_bytes"] for layer in layers)
     logical = sum(layer["compression_ratio"] * layer["stored_bytes"] for layer in layers if layer["compression_ratio"])
@@ -50,6 +52,9 @@ def store_info(store) -> dict:
         "path": store.path,
         "complete": store.complete,
         "rows": store.rows,
+        "images": int(np.count_nonzero(plain)),
+        "augment_copies": int(meta.get("augment_copies") or 0),
+        "augment": meta.get("augment"),
         "failures": len(store.failure_index),
         "failure_examples": store.failures[:5],
         "model": meta.get("model"),
@@ -59,6 +64,7 @@ def store_info(store) -> dict:
         "preprocess": meta.get("preprocess"),
         "weights": meta.get("weights"),
         "class_counts": counts,
+        "class_images": images,
         "unlabeled": unlabeled,
         "layers": layers,
         "size_on_disk": os.path.getsize(store.path),
@@ -77,12 +83,17 @@ def _size(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+def _copies(info: dict) -> str:
+    k = info.get("augment_copies") or 0
+    return f" ({info.get('images', 0):,} images x (1 + {k} augmented copies))" if k else ""
+
+
 def format_info(info: dict) -> str:
     """Human-readable lines for :func:`store_info`'s dict."""
     lines = [
         f"{info['path']}",
         f"  complete:     {'yes' if info['complete'] else 'NO (interrupted or still being written; --resume)'}",
-        f"  rows:         {info['rows']:,}   failures: {info['failures']:,}",
+        f"  rows:         {info['rows']:,}{_copies(info)}   failures: {info['failures']:,}",
         f"  model:        {info['model']}   image size: {info['image_size']}   weights: {info['weights']}",
         f"  precision:    {info['precision']} (inference), {info['dtype']} (stored)   preprocess: {info['preprocess']}",
         f"  size on disk: {_size(info['size_on_disk'])}   compression ratio: {info['compression_ratio']}",
@@ -94,9 +105,14 @@ def format_info(info: dict) -> str:
             f"compression {layer['compression']} (ratio {layer['compression_ratio']}), "
             f"{'memory-mapped' if layer['memory_mappable'] else 'not memory-mappable (decompressed on read)'}"
         )
-    lines.append("  classes:")
+    if info.get("augment"):
+        drawn = ", ".join(f"{k}={v}" for k, v in info["augment"].items() if v not in (None, 0, 0.0, False, "nearest"))
+        lines.append(f"  augmentation: {drawn or 'none'}")
+    copies = bool(info.get("augment_copies"))
+    lines.append("  classes (images, rows):" if copies else "  classes:")
     for name, n in info["class_counts"].items():
-        lines.append(f"    {name}: {n:,}")
+        images = info.get("class_images", {}).get(name, n)
+        lines.append(f"    {name}: {images:,} images, {n:,} rows" if copies else f"    {name}: {n:,}")
     if info["unlabeled"]:
         lines.append(f"    (unlabeled): {info['unlabeled']:,}")
     if info["float16_overflow"]:
