@@ -98,6 +98,7 @@ class ExtractConfig:
     augment_copies: int = 0
     seed: int | None = None
     cache: str | None = field(default=None, compare=False)  # where pixels come from, not what they are
+    space_check: bool = field(default=True, compare=False)
     progress: bool = field(default=True, compare=False)
 
     def __post_init__(self):

@@ -11,6 +11,7 @@ in :mod:`fastfeat.config`, the report in :mod:`fastfeat.report`.
 from __future__ import annotations
 
 import os
+import sys
 import time
 import warnings
 from dataclasses import replace
@@ -23,6 +24,7 @@ from .report import ExtractReport, NoImagesWarning
 from .runkeys import RESUME_KEYS, check_resumable  # noqa: F401 -- RESUME_KEYS re-exported
 from .runloop import StopToken, request_stop, run_loop, running  # noqa: F401 -- request_stop re-exported
 from .runtime import restore_threads
+from .store.guards import check_space, feature_bytes, human_bytes
 from .store.writer import StoreWriter, check_not_locked
 
 __all__ = ["ExtractConfig", "ExtractReport", "StopToken", "extract", "request_stop", "run"]
@@ -58,6 +60,7 @@ def extract(
     augment_copies: int = 0,
     seed: int | None = None,
     cache: str | os.PathLike | None = None,
+    space_check: bool = True,
     progress: bool = True,
     stop: StopToken | None = None,
 ) -> ExtractReport:
@@ -107,7 +110,9 @@ def extract(
         cache: a decoded-image cache (:func:`fastfeat.build_cache`) at this run's image size and
             decode settings to read images from instead of decoding them (built first if it does
             not exist); the features are the same as without it.
-        progress: show a progress bar.
+        space_check: refuse an uncompressed store whose features (rows x bytes per row, claimed
+            when it is created) exceed the free space of its folder.
+        progress: show a progress bar (and the store's size up front).
         stop: a :class:`~fastfeat.runloop.StopToken` of this run: once set (from any thread or
             a signal handler), the run stops after the batch in flight, leaving a resumable store
             (see also :func:`request_stop`).
@@ -121,7 +126,7 @@ def extract(
         remeasure_precision=remeasure_precision, device=device, classes=classes, exif=exif,
         reduced_decode=reduced_decode, max_pixels=max_pixels, follow_links=follow_links, compression=compression,
         overwrite=overwrite, resume=resume, on_error=on_error, unsafe_model=unsafe_model, augment=augment,
-        augment_copies=augment_copies, seed=seed, cache=cache, progress=progress,
+        augment_copies=augment_copies, seed=seed, cache=cache, space_check=space_check, progress=progress,
     )  # fmt: skip
     return run(config, stop=stop)
 
@@ -200,9 +205,17 @@ def _execute(plan: ExtractPlan, built, startup: dict, stop: StopToken, t_start: 
     if plan.stored is not None:
         check_resumable(plan.stored, meta)  # before the store is opened for writing: a refusal changes nothing
     keys, mode = config.feature_keys, config.mode
+    features = {k: (built.shapes[k], config.dtype) for k in keys}
+    capacity = (plan.bounds[1] - plan.bounds[0]) * (1 + config.augment_copies)
+    estimate = feature_bytes(features, capacity)
+    if config.progress:  # the size up front, before anything is written
+        print(f"fastfeat: {capacity} rows x {human_bytes(estimate / max(capacity, 1))} = {human_bytes(estimate)} "
+              f"of features -> {config.output}", file=sys.stderr)  # fmt: skip
+    if config.space_check and mode != "resume" and config.compression == "none":
+        check_space(config.output, estimate)  # an uncompressed store claims all of it when it is created
     writer = StoreWriter(
-        config.output, {k: (built.shapes[k], config.dtype) for k in keys},
-        capacity=(plan.bounds[1] - plan.bounds[0]) * (1 + config.augment_copies), class_names=catalog.class_names,
+        config.output, features,
+        capacity=capacity, class_names=catalog.class_names,
         meta=meta,
         mode=mode, compression=config.compression,
     )  # fmt: skip
@@ -210,6 +223,7 @@ def _execute(plan: ExtractPlan, built, startup: dict, stop: StopToken, t_start: 
         output=config.output, images=0, failures=0, seconds=0.0, images_per_second=0.0, model=meta["model"],
         layers=keys, shapes=built.shapes, precision=built.precision, batch_size=built.batch_size,
         device=built.runtime.device.spec, precision_auto=meta["precision_auto"], startup=startup,
+        estimated_bytes=estimate,
     )  # fmt: skip
     try:
         stop.writing = True

@@ -27,6 +27,7 @@ class ExtractReport:
         shapes: feature key -> row shape.
         stages: seconds spent waiting for input, in inference and waiting for the writer.
         complete_already: a resume found the store complete: nothing was built or written.
+        estimated_bytes: the features' size uncompressed (rows x bytes per row), told up front.
     """
 
     output: str
@@ -51,6 +52,7 @@ class ExtractReport:
     stages: dict = field(default_factory=dict)
     failure_list: list = field(default_factory=list)
     complete_already: bool = False
+    estimated_bytes: int = 0
 
     def summary(self) -> str:
         """A few human-readable lines for the end of a run."""
@@ -68,6 +70,10 @@ class ExtractReport:
             lines.append(f"  resumed: {self.resumed_from} rows were already in the store")
         for key, shape in self.shapes.items():
             lines.append(f"  {key}: {tuple(shape)}")
+        if self.estimated_bytes:
+            from .store.guards import human_bytes
+
+            lines.append(f"  store: {human_bytes(self.estimated_bytes)} of features (uncompressed)")
         if self.precision_auto:
             auto = self.precision_auto
             rates = ", ".join(f"{k} {v:.1f} img/s" for k, v in auto.get("images_per_second", {}).items() if v)

@@ -126,3 +126,48 @@ def test_info_of_a_plain_folder_is_a_clear_error(tmp_path, capsys):
     assert main(["info", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fastfeat: error:") and "0x" not in err
+
+
+def test_a_store_clearly_too_big_for_the_disk_is_refused_up_front(class_tree, tiny_model_file, tmp_path, monkeypatch,
+                                                                  capsys):  # fmt: skip
+    import collections
+    import shutil
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(10**6, 10**6 - 1000, 1000))
+    root, _ = class_tree
+    out = tmp_path / "big.h5"
+    argv = ["extract", str(root), "-o", str(out), "--model", tiny_model_file, "--layer", "conv1",
+            "--precision", "float32"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "fastfeat: 9 rows x 32.0 KB = 288.0 KB of features" in err  # the estimate, up front
+    assert "Not enough disk space" in err and "288.0 KB" in err and "--no-space-check" in err
+    assert not out.exists()
+    assert main(argv + ["--no-space-check", "--quiet"]) == 0
+    with open_store(out) as store:
+        assert len(store) == 9
+
+
+def test_disk_full_at_creation_says_no_file_is_left_and_a_rerun_works(class_tree, tiny_model_file, tmp_path,
+                                                                      monkeypatch, capsys):  # fmt: skip
+    import errno
+
+    import fastfeat.store.create as create
+
+    def full(path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(create, "reserve", full)
+    root, _ = class_tree
+    out = tmp_path / "full.h5"
+    argv = ["extract", str(root), "-o", str(out), "--model", tiny_model_file, "--layer", "conv3",
+            "--precision", "float32", "--quiet"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "nothing was written and no file is left" in err and "--resume" not in err
+    assert not out.exists() and not os.path.exists(f"{out}.creating")
+    monkeypatch.undo()
+    assert main(argv + ["--resume"]) == 0  # what a user tries next: works (there is nothing to resume)
+    with open_store(out) as store:
+        assert store.complete and len(store) == 9

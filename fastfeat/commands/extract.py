@@ -112,6 +112,8 @@ FLAGS = (
     (("--on-error",), "on_error", dict(choices=ON_ERROR, help="what to do with unreadable files"), None),
     (("--cache",), "cache", dict(metavar="CACHE", help=(
         "read decoded images from this cache (`fastfeat cache`; built first if missing) instead of decoding")), None),
+    (("--no-space-check",), "space_check", dict(action="store_false",
+     help="write even when the store's features (estimated up front) exceed the free disk space"), None),
     (("--overwrite",), "overwrite", dict(action="store_true", help="replace an existing output"), "mode"),
     (("--resume",), "resume", dict(action="store_true", help=(
         "complete an interrupted output; every setting not given comes from the store, those given must agree")), "mode"),

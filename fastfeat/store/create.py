@@ -87,7 +87,7 @@ def create_store(path: str, features: dict, capacity: int, class_names: list[str
             UNCLOSABLE.append(f)  # HDF5 cannot flush what the disk refused; the temporary file goes anyway
         if os.path.exists(tmp):
             os.unlink(tmp)
-        full = space_error(path, e)
+        full = space_error(path, e, created=fill is None)  # a rebuild (fill) leaves the old store as it was
         if full is not None:
             raise full from e
         raise
