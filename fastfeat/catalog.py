@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,12 +48,15 @@ class Catalog:
         paths: file paths relative to ``root``, in reading order.
         labels: int64 array of class indices, -1 where unlabeled (flat folders, lists without labels).
         class_names: class names; ``labels`` index into it.
+        left_out: what the folder rules left out, for a warning: ``classes`` (class folders not
+            named by ``classes=``), ``loose`` (images lying in the root beside class folders).
     """
 
     root: str
     paths: list[str]
     labels: np.ndarray
     class_names: list[str] = field(default_factory=list)
+    left_out: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -205,7 +209,35 @@ def _from_directory(root: str, classes: list[str] | None, follow_links: bool, ex
     for index, files in enumerate(per_class):
         paths.extend(files)
         labels.extend([index] * len(files))
-    return Catalog(root, paths, np.asarray(labels, dtype=np.int64), class_names)
+    loose = [e for e in entries if _is_image(e, extensions) and not os.path.isdir(os.path.join(root, e))]
+    left_out = {"classes": [d for d in subdirs if d not in class_names], "loose": loose}
+    return Catalog(root, paths, np.asarray(labels, dtype=np.int64), class_names, left_out)
+
+
+class CatalogWarning(UserWarning):
+    """The folder rules left images out (class folders not in ``classes``, images beside class folders)."""
+
+
+def warn_left_out(catalog: Catalog) -> None:
+    """One warning for class folders ``classes=`` (``--classes``) left out, one for images lying
+    in the root of a class-folder tree (which no loader reads)."""
+    dropped, loose = catalog.left_out.get("classes") or [], catalog.left_out.get("loose") or []
+    if dropped:
+        shown = ", ".join(map(repr, dropped[:5])) + (f" and {len(dropped) - 5} more" if len(dropped) > 5 else "")
+        warnings.warn(
+            f"`classes` (--classes) keeps {len(catalog.class_names)} class folders of {catalog.root!r}; the images "
+            f"of {len(dropped)} more are not read: {shown}",
+            CatalogWarning,
+            stacklevel=3,
+        )
+    if loose:
+        shown = ", ".join(map(repr, loose[:3])) + (f" and {len(loose) - 3} more" if len(loose) > 3 else "")
+        warnings.warn(
+            f"{len(loose)} images lie in {catalog.root!r} beside its class folders and are not read (as Keras' "
+            f"loaders ignore them): {shown}. Move them into a class folder, or list the files in a .txt/.csv",
+            CatalogWarning,
+            stacklevel=3,
+        )
 
 
 def _list_entry(root: str, entry: str) -> str:

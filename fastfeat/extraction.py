@@ -211,6 +211,9 @@ def _execute(plan: ExtractPlan, built, startup: dict, stop: StopToken, t_start: 
     if config.progress:  # the size up front, before anything is written
         print(f"fastfeat: {capacity} rows x {human_bytes(estimate / max(capacity, 1))} = {human_bytes(estimate)} "
               f"of features -> {config.output}", file=sys.stderr)  # fmt: skip
+        if config.model_file and config.preprocess is None:  # said once, up front: not a silent default
+            print(f"fastfeat: {config.model} is a model file: its inputs are raw 0..255 pixels (preprocess none); "
+                  "pass --preprocess MODE (preprocess=) if it expects normalized ones", file=sys.stderr)  # fmt: skip
     if config.space_check and mode != "resume" and config.compression == "none":
         check_space(config.output, estimate)  # an uncompressed store claims all of it when it is created
     writer = StoreWriter(
@@ -258,13 +261,26 @@ def _execute(plan: ExtractPlan, built, startup: dict, stop: StopToken, t_start: 
     return report
 
 
+#: Share of float16 values flushed to zero above which a run warns (a few are harmless).
+UNDERFLOW_SHARE = 1e-3
+
+
 def _warn_about_values(report: ExtractReport, writer: StoreWriter) -> None:
+    report.float16_underflow = writer.underflow
     if report.no_images:
         warnings.warn(report.no_images_message(), NoImagesWarning, stacklevel=5)  # the caller of extract()
     if report.nonfinite:
         warnings.warn(
             f"{report.nonfinite} feature values came out NaN/inf under precision {report.precision!r}: "
             "float16 loses range. Use precision='mixed_bfloat16' or 'float32' (--precision).",
+            RuntimeWarning,
+            stacklevel=5,  # the caller of extract()
+        )
+    if writer.underflow > UNDERFLOW_SHARE * writer.float16_values:
+        warnings.warn(
+            f"{writer.underflow} of {writer.float16_values} feature values "
+            f"({100 * writer.underflow / writer.float16_values:.1f}%) are too small for float16 (|x| < 6e-8) and "
+            "are stored as 0. Use dtype='float32' (--dtype float32) for this layer.",
             RuntimeWarning,
             stacklevel=5,  # the caller of extract()
         )

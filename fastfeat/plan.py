@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .catalog import Catalog, build_catalog
+from .catalog import Catalog, build_catalog, warn_left_out
 from .config import ExtractConfig
 from .precision import PRECISIONS
 from .runkeys import RESUME_KEYS, RUN_KEYS, check_resumable
@@ -86,6 +86,7 @@ def stored_state(output: str) -> tuple[dict | None, bool]:
 def plan_extraction(config: ExtractConfig) -> ExtractPlan:
     """Read the catalog (and, for a resume, the store's settings) and plan the whole run."""
     catalog = build_catalog(config.source, classes=config.classes, follow_links=config.follow_links)
+    warn_left_out(catalog)
     stored, complete = stored_state(config.output) if config.resume and os.path.exists(config.output) else (None, False)
     precision, batch_size = config.precision, config.batch_size
     if stored is not None:  # a resumed run keeps what the first run chose, so its rows match

@@ -28,6 +28,7 @@ class ExtractReport:
         stages: seconds spent waiting for input, in inference and waiting for the writer.
         complete_already: a resume found the store complete: nothing was built or written.
         estimated_bytes: the features' size uncompressed (rows x bytes per row), told up front.
+        float16_underflow: nonzero feature values stored as 0 by ``dtype="float16"`` in this run.
     """
 
     output: str
@@ -53,6 +54,7 @@ class ExtractReport:
     failure_list: list = field(default_factory=list)
     complete_already: bool = False
     estimated_bytes: int = 0
+    float16_underflow: int = 0
 
     def summary(self) -> str:
         """A few human-readable lines for the end of a run."""
@@ -70,6 +72,8 @@ class ExtractReport:
             lines.append(f"  resumed: {self.resumed_from} rows were already in the store")
         for key, shape in self.shapes.items():
             lines.append(f"  {key}: {tuple(shape)}")
+        if self.float16_underflow:
+            lines.append(f"  float16: {self.float16_underflow} nonzero values stored as 0 (too small)")
         if self.estimated_bytes:
             from .store.guards import human_bytes
 

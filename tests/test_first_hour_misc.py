@@ -171,3 +171,59 @@ def test_disk_full_at_creation_says_no_file_is_left_and_a_rerun_works(class_tree
     assert main(argv + ["--resume"]) == 0  # what a user tries next: works (there is nothing to resume)
     with open_store(out) as store:
         assert store.complete and len(store) == 9
+
+
+def test_one_warning_for_dropped_classes_and_one_for_loose_images(class_tree, tiny_model_file, tmp_path, capsys):
+    from conftest import write_image
+
+    root, _ = class_tree
+    write_image(root / "loose_1.png", 1)
+    write_image(root / "loose_2.png", 2)
+    argv = ["extract", str(root), "-o", str(tmp_path / "c.h5"), "--model", tiny_model_file, "--layer", "conv3",
+            "--classes", "dogs,cats", "--precision", "float32", "--quiet"]  # fmt: skip
+    with pytest.warns(UserWarning) as caught:
+        assert main(argv) == 0
+    texts = [str(w.message) for w in caught]
+    assert len(texts) == 2
+    assert "keeps 2 class folders" in texts[0] and "'eels'" in texts[0] and "--classes" in texts[0]
+    assert texts[1].startswith("2 images lie in") and "'loose_1.png'" in texts[1]
+    with open_store(tmp_path / "c.h5") as store:
+        assert store.class_names == ["dogs", "cats"] and len(store) == 7
+
+
+def test_cli_prints_a_warning_as_one_line(class_tree, tiny_model_file, tmp_path):
+    from conftest import write_image
+
+    root, _ = class_tree
+    write_image(root / "loose.png", 1)
+    argv = [sys.executable, "-m", "fastfeat", "extract", str(root), "-o", str(tmp_path / "c.h5"), "--model",
+            tiny_model_file, "--layer", "conv3", "--precision", "float32", "--quiet"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, env={**_clean_env(), "PYTHONWARNINGS": "default"},
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith("fastfeat: warning: 1 images lie in") and done.stderr.count("\n") == 1, done.stderr
+    assert ".py:" not in done.stderr and "warnings.warn" not in done.stderr
+
+
+def test_float16_counts_values_flushed_to_zero(tmp_path):
+    w = StoreWriter(tmp_path / "u.h5", {"v": ((4,), "float16")}, 1, [], {})
+    w.append({"v": np.array([[1e-9, 1.0, 0.0, 1e6]], np.float32)}, [0], ["a"], [0])
+    assert w.underflow == 1 and w.overflow == 1 and w.float16_values == 4
+    w.close(complete=True)
+
+
+def test_a_float16_store_of_tiny_values_warns_and_the_summary_counts_them(class_tree, tmp_path, capsys):
+    import keras
+
+    path = tmp_path / "tiny_out.keras"
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(2, 3, name="conv", kernel_initializer="ones")(inputs)
+    keras.Model(inputs, keras.layers.Rescaling(1e-12, name="tiny")(x)).save(path)
+    root, _ = class_tree
+    argv = ["extract", str(root), "-o", str(tmp_path / "f16.h5"), "--model", str(path), "--dtype", "float16",
+            "--precision", "float32"]  # fmt: skip
+    with pytest.warns(RuntimeWarning, match=r"too small for float16 .* stored as 0.*--dtype float32"):
+        assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "nonzero values stored as 0" in captured.out
+    assert "is a model file: its inputs are raw 0..255 pixels" in captured.err  # said once, not silent

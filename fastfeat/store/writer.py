@@ -150,6 +150,8 @@ class StoreWriter:
         self._pending = {k: resumed.get(k, self._features[k][:0]) for k in self._compressed}
         self._flushed = {k: self.rows - len(self._pending[k]) for k in self._compressed}
         self.overflow = int(self._state[layout.S_OVERFLOW])
+        self.underflow = 0  # nonzero values stored as 0 by this writer (not kept in the file)
+        self.float16_values = 0
         # bytes used by the string columns, as of the rows written (committed or not)
         self._used = {
             "paths": int(self._state[layout.S_PATH_BYTES]),
@@ -248,6 +250,8 @@ class StoreWriter:
                     cast = data.astype(dtype, copy=False)
                 if dtype == np.float16:
                     self.overflow += int(np.count_nonzero(np.isinf(cast) & np.isfinite(data)))
+                    self.underflow += int(np.count_nonzero((cast == 0) & (data != 0)))  # flushed to zero
+                    self.float16_values += int(data.size)
                 if key in self._pending:
                     self._write_whole_chunks(key, cast)
                 else:
