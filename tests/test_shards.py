@@ -303,6 +303,23 @@ def test_shard_index_runs_in_any_order_some_twice_equal_a_single_run(real_folder
     assert main(_argv(real_folder, out, tiny_model_file, "--shards", "3", "--resume")) == 0  # all skipped
 
 
+def _stop_after_batches(token_class, batches: int):
+    """A stop token that reads as set once the run has handed over ``batches`` batches. Deterministic: a
+    stop set from the writer thread (after a commit) races with the main loop, which may hand over the
+    shard's last batch before it sees the request, and then the shard completes."""
+
+    class StopAfter(token_class):
+        def __init__(self):
+            super().__init__()
+            self.checks = 0
+
+        def is_set(self) -> bool:  # the run loop asks once per batch handed over
+            self.checks += 1
+            return self.checks >= batches or super().is_set()
+
+    return StopAfter()
+
+
 def test_interrupted_shard_resumes_without_duplicates_and_is_published_atomically(
     real_folder, tiny_model_file, single_run, tmp_path, monkeypatch
 ):
@@ -311,18 +328,9 @@ def test_interrupted_shard_resumes_without_duplicates_and_is_published_atomicall
 
     out = tmp_path / "out"
     job = plan_job(real_folder, out, 2, model=tiny_model_file, **REAL)
-    stop = StopToken()
+    stop = _stop_after_batches(StopToken, 1)  # mid-shard: 1 of its 4 batches
     partial = str(out / shard_name(0, 2)) + PARTIAL
-    commit = StoreWriter.commit
-
-    def commit_then_stop(writer):  # a stop request right after the first commit: mid-shard
-        commit(writer)
-        if writer.path == partial and writer.rows >= 2:
-            stop.set()
-
-    monkeypatch.setattr(StoreWriter, "commit", commit_then_stop)
     result = run_shard(job, 0, stop=stop)
-    monkeypatch.undo()
     assert result.status == "interrupted" and 0 < result.rows < 7
     assert os.path.exists(partial) and not os.path.exists(out / shard_name(0, 2))  # not published
     assert read_manifest(out)["shard_list"][0]["status"] == "pending"
@@ -382,15 +390,7 @@ def test_a_partial_shard_written_with_other_settings_is_redone(real_folder, tiny
     from fastfeat.sharding import plan_job, run_shard
 
     other = plan_job(real_folder, tmp_path / "other", 3, model=tiny_model_file, **{**REAL, "batch_size": 3})
-    stop, commit = StopToken(), StoreWriter.commit
-
-    def commit_then_stop(writer):
-        commit(writer)
-        stop.set()
-
-    monkeypatch.setattr(StoreWriter, "commit", commit_then_stop)
-    assert run_shard(other, 1, stop=stop).status == "interrupted"
-    monkeypatch.undo()
+    assert run_shard(other, 1, stop=_stop_after_batches(StopToken, 1)).status == "interrupted"
     job = plan_job(real_folder, tmp_path / "job", 3, model=tiny_model_file, **REAL)
     name = shard_name(1, 3) + PARTIAL
     shutil.copy(tmp_path / "other" / name, tmp_path / "job" / name)  # batch size 3, the job has 2
