@@ -75,9 +75,15 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def _interrupted_line(args) -> str:
+    """One line; it names --resume only when an unfinished store was left (not for a Ctrl-C
+    before the store was opened, or an --overwrite interrupted before it replaced a complete one)."""
     output = getattr(args, "output", None) if args is not None else None
     if getattr(args, "command", None) == "extract" and output and os.path.isfile(output):
-        return "fastfeat: interrupted; an unfinished store can be completed with --resume"
+        from .plan import stored_state
+
+        meta, complete = stored_state(output)
+        if meta is None or not complete:
+            return "fastfeat: interrupted; an unfinished store can be completed with --resume"
     return "fastfeat: interrupted"
 
 

@@ -194,3 +194,24 @@ def test_ctrl_c_during_the_model_build_exits_130_and_leaves_no_store(class_tree,
     assert main(_extract(root, out, "--model", "resnet50", "--weights", "none")) == 130
     assert capsys.readouterr().err.strip() == "fastfeat: interrupted"
     assert not out.exists()
+
+
+def test_ctrl_c_before_an_overwrite_replaces_a_store_keeps_it_and_names_no_resume(
+    class_tree, tiny_model_file, tmp_path, monkeypatch, capsys
+):
+    import fastfeat.extraction as extraction
+
+    root, _ = class_tree
+    out = tmp_path / "o.h5"
+    argv = _extract(root, out, "--model", tiny_model_file, "--layer", "conv3", "--precision", "float32", "--quiet")
+    assert main(argv) == 0
+
+    def build_interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        raise AssertionError("the signal did not interrupt")
+
+    monkeypatch.setattr(extraction, "build_model", build_interrupted)
+    assert main(argv + ["--overwrite"]) == 130
+    assert capsys.readouterr().err.strip() == "fastfeat: interrupted"
+    with open_store(out) as store:
+        assert store.complete and len(store) == 9
