@@ -57,7 +57,7 @@ import numpy as np
 
 from .decode_pillow import decode_with_pillow
 from .headers import DecodeError, Header, as_bytes, check_complete, parse_header, read_header
-from .quiet import captured_stderr, opencv_quiet
+from .quiet import captured_stderr, decode_gate, opencv_quiet
 
 __all__ = [
     "DEFAULT_MAX_PIXELS", "INTERPOLATIONS", "DecodeError", "check_interpolation", "decode_image", "load_image",
@@ -261,7 +261,8 @@ def _imdecode(buf: np.ndarray, mode: int) -> tuple[np.ndarray | None, str | None
     import cv2
 
     try:
-        return cv2.imdecode(buf, mode), None
+        with decode_gate.shared():  # never inside another thread's logging window (quiet.decode_gate)
+            return cv2.imdecode(buf, mode), None
     except cv2.error as e:
         return None, _cv_message(e)
 

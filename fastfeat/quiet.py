@@ -54,6 +54,56 @@ DECODER_LINE = re.compile(
 _PYTHON_OUTPUT = re.compile(r"\r|Traceback |\s|.*\.py:\d+: \w*Warning: |\w+(Error|Exception|Warning)\b")
 
 
+class _DecodeGate:
+    """OpenCV decodes run side by side (shared); a window that turns OpenCV's process-wide logger on,
+    to hear what it says about one file, runs alone (exclusive). Without it, another thread's decode
+    in that window logs too, and its line can reach fd 2 just after the window gave the terminal back.
+    Writer-preferring, and shared entries of the window's own thread pass straight through."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._owner: int | None = None  # thread holding the exclusive window
+        self._waiting = 0
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        me = threading.get_ident()
+        if self._owner == me:  # the window's own decode
+            yield
+            return
+        with self._cond:
+            while self._owner is not None or self._waiting:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                if not self._shared:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            while self._owner is not None or self._shared:
+                self._cond.wait()
+            self._waiting -= 1
+            self._owner = threading.get_ident()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._owner = None
+                self._cond.notify_all()
+
+
+#: Every OpenCV decode of fastfeat's takes ``decode_gate.shared()``; a logging window ``exclusive()``.
+decode_gate = _DecodeGate()
+
+
 @contextlib.contextmanager
 def opencv_quiet() -> Iterator[None]:
     """OpenCV's logger silent for the duration (counted: nested and concurrent uses are fine)."""
@@ -124,14 +174,15 @@ def _opencv_level(warnings: bool) -> Iterator[None]:
         return
     import cv2
 
-    with _level_lock:
-        previous = cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_WARNING)
-    try:
-        yield
-    finally:
-        with _level_lock:  # back to silent if decodes are running, else the caller's level
-            level = cv2.utils.logging.LOG_LEVEL_SILENT if _quiet_users else previous
-            cv2.utils.logging.setLogLevel(level)
+    with decode_gate.exclusive():  # no other thread decodes while OpenCV's logger speaks
+        with _level_lock:
+            previous = cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_WARNING)
+        try:
+            yield
+        finally:
+            with _level_lock:  # back to silent if decodes are running, else the caller's level
+                level = cv2.utils.logging.LOG_LEVEL_SILENT if _quiet_users else previous
+                cv2.utils.logging.setLogLevel(level)
 
 
 def _flush_python_stderr() -> None:

@@ -413,3 +413,36 @@ def test_image_dataset_pass_over_damaged_data_prints_nothing(tmp_path, capfd):
         rows = sum(int(batch.shape[0]) for batch in ds)
     assert rows == 2  # the corrupt PNG is dropped
     assert capfd.readouterr() == ("", "")
+
+
+def test_decode_gate_keeps_logging_windows_alone():
+    """A logging window waits for decodes in progress and holds new ones back; its own thread's decodes
+    pass (the window decodes the file once more to hear OpenCV)."""
+    from fastfeat.quiet import _DecodeGate
+
+    gate, events = _DecodeGate(), []
+    inside, release = threading.Event(), threading.Event()
+
+    def decode():
+        with gate.shared():
+            inside.set()
+            release.wait(5)
+            events.append("decode done")
+
+    def window():
+        with gate.exclusive():
+            events.append("window")
+            with gate.shared():  # the window's own decode: no deadlock
+                events.append("own decode")
+
+    first = threading.Thread(target=decode)
+    first.start()
+    inside.wait(5)
+    second = threading.Thread(target=window)
+    second.start()
+    second.join(0.2)
+    assert second.is_alive() and events == []  # the window waits for the decode in progress
+    release.set()
+    first.join(5)
+    second.join(5)
+    assert events == ["decode done", "window", "own decode"]
