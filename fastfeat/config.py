@@ -123,7 +123,7 @@ class ExtractConfig:
             raise ValueError(f"`layers` repeats a cut. Received: layers={list(self.layers)}")
         put("image_size", checks.image_size(self.image_size))
         if self.batch_size is not None and (not checks.is_int(self.batch_size) or self.batch_size < 1):
-            raise ValueError(f"`batch_size` must be >= 1 (or None: automatic). Received: batch_size={self.batch_size!r}")
+            raise ValueError(f"`batch_size` must be >= 1 (or left out: chosen automatically). Received: batch_size={self.batch_size!r}")
         put("batch_size", None if self.batch_size is None else int(self.batch_size))
         if isinstance(self.weights, str) and self.weights.lower() == "none":
             put("weights", None)
