@@ -244,7 +244,8 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 @pytest.fixture
 def bf16_cpu(monkeypatch, tmp_path):
     """This CPU claims AVX512_BF16 (TensorFlow emulates bf16 where it is not native: slower, still exact
-    enough), and the decision cache is a folder of this test's own."""
+    enough), and the decision cache is a folder of this test's own. The runs pin device="cpu", so a GPU
+    machine takes the same path."""
     monkeypatch.setattr(P, "cpu_flags", lambda path="/proc/cpuinfo": frozenset({"avx2", "avx512f", "avx512_bf16"}))
     monkeypatch.setenv("FASTFEAT_CACHE_DIR", str(tmp_path / "cache"))
     return A.DecisionCache()
@@ -257,7 +258,7 @@ def _features(path, key="conv2"):
 
 def test_auto_on_a_bf16_cpu_measures_once_then_reuses(class_tree, tiny_model_file, tmp_path, bf16_cpu):
     root, expected = class_tree
-    kwargs = dict(model=tiny_model_file, layers=["conv2"], batch_size=4, progress=False)
+    kwargs = dict(model=tiny_model_file, layers=["conv2"], batch_size=4, device="cpu", progress=False)
     first = fastfeat.extract(root, tmp_path / "1.h5", remeasure_precision=True, **kwargs)
     auto = first.precision_auto
     assert auto["source"] == "measured" and auto["candidates"] == ["float32", "mixed_bfloat16"]
@@ -285,9 +286,9 @@ def test_a_cached_bf16_decision_builds_bf16_directly(class_tree, tiny_model_file
     run that measured it (its model rebuilt under bf16 from the float32 one)."""
     root, _ = class_tree
     if which == "model file":
-        kwargs = dict(model=tiny_model_file, layers=["conv2"], batch_size=4, progress=False)
+        kwargs = dict(model=tiny_model_file, layers=["conv2"], batch_size=4, device="cpu", progress=False)
     else:  # built by its keras.applications constructor under the policy, random init seeded
-        kwargs = dict(model="mobilenetv2", weights=None, image_size=32, layers=["block_3_expand_relu"], batch_size=4,
+        kwargs = dict(model="mobilenetv2", weights=None, image_size=32, layers=["block_3_expand_relu"], batch_size=4, device="cpu",
                       progress=False)  # fmt: skip
     real_decide = A.decide_precision
     # the measurement keeps bf16 whatever this machine's timing says (that is not what this test is about)
@@ -310,7 +311,7 @@ def test_auto_on_a_bf16_cpu_skips_measuring_a_short_job(class_tree, tiny_model_f
     monkeypatch.setattr(A, "AUTO_BUDGET", 0.0)  # nothing is worth measuring
     root, _ = class_tree
     report = fastfeat.extract(root, tmp_path / "s.h5", model=tiny_model_file, layers=["conv2"], batch_size=4,
-                              progress=False)  # fmt: skip
+                              device="cpu", progress=False)  # fmt: skip
     assert report.precision == "float32" and report.precision_auto["source"] == "skipped"
     assert "too short" in report.precision_auto["reason"]
     key = report.precision_auto["key"]
@@ -321,7 +322,7 @@ def test_auto_where_float32_is_the_only_native_precision(class_tree, tiny_model_
     monkeypatch.setattr(P, "cpu_flags", lambda path="/proc/cpuinfo": frozenset({"avx2", "fma"}))  # a Zen 3
     root, _ = class_tree
     report = fastfeat.extract(root, tmp_path / "z.h5", model=tiny_model_file, layers=["conv2"], batch_size=4,
-                              progress=False)  # fmt: skip
+                              device="cpu", progress=False)  # fmt: skip
     assert report.precision == "float32" and report.precision_auto["source"] == "native"
     assert "precision" not in report.startup
     _, meta = _features(tmp_path / "z.h5")
