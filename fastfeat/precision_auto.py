@@ -266,6 +266,10 @@ def probe_rows(batch_rows: int, device_kind: str, remeasure: bool = False) -> in
     return min(batch_rows, CPU_PROBE_ROWS)
 
 
+def _too_short(job_seconds: str, cost_seconds: str) -> str:
+    return f"not measured: the job ({job_seconds} s in float32) is too short to pay for measuring ({cost_seconds} s)"
+
+
 def decide_precision(
     build: Callable[[str], Callable],
     probe: np.ndarray,
@@ -274,7 +278,7 @@ def decide_precision(
     *,
     remeasure: bool = False,
     build_seconds: float = 0.0,
-    budget: float = None,
+    budget: float | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     min_speedup: float = MIN_SPEEDUP,
     clock: Callable[[], float] = time.perf_counter,
@@ -325,10 +329,7 @@ def decide_precision(
         # building a candidate: keep float32 without timing anything
         result.estimated_job_seconds = rows_total * warm / n
         for precision in candidates[1:]:
-            result.rejected[precision] = (
-                f"not measured: the job (< {result.estimated_job_seconds:.0f} s in float32) is too short to pay "
-                f"for measuring (> {build_seconds:.1f} s)"
-            )
+            result.rejected[precision] = _too_short(f"< {result.estimated_job_seconds:.0f}", f"> {build_seconds:.1f}")
         result.source, result.reason = "skipped", "float32 kept: " + result.rejected[candidates[1]]
         return result
     t0 = clock()
@@ -344,10 +345,7 @@ def decide_precision(
     for precision in candidates[1:]:
         predicted = build_seconds + max(warm - t32[0], 0.0) + 2 * t32[0]
         if spent + predicted > allowed:
-            result.rejected[precision] = (
-                f"not measured: the job (~{result.estimated_job_seconds:.0f} s in float32) is too short to pay "
-                f"for measuring (~{predicted:.1f} s)"
-            )
+            result.rejected[precision] = _too_short(f"~{result.estimated_job_seconds:.0f}", f"~{predicted:.1f}")
             continue
         tried.append(precision)
         t0 = clock()
