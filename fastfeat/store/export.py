@@ -1,7 +1,8 @@
 """Exporting a store for tools that do not read HDF5: rows as CSV, a layer as ``.npy``, CSV or Parquet.
 
-Every export streams: rows are read a bounded number of bytes at a time (:data:`STEP_BYTES`), so a
-store larger than memory exports with flat memory. ``.npy`` is written through a memory map of the
+Every export streams: features are read a bounded number of bytes at a time (:data:`STEP_BYTES`) and
+row dicts are made per step, so a store larger than memory exports with flat memory (the row columns
+-- labels, copies, index, paths -- are read once, as ``FeatureStore`` gives them). ``.npy`` is written through a memory map of the
 output; Parquet needs ``pyarrow`` (``pip install pyarrow``). Works on any store ``open_store``
 opens (one file or a sharded output folder). Never imports TensorFlow.
 """
@@ -21,30 +22,38 @@ ROW_COLUMNS = ("row", "path", "label", "class", "copy", "image")
 MAX_CSV_COLUMNS = 100_000
 
 
+def iter_rows(store, start: int = 0, stop: int | None = None, columns: tuple | None = None):
+    """Rows ``start..stop`` as dicts: ``row``, ``path``, ``label`` (class index, -1 unlabeled),
+    ``class`` (name or empty), ``copy`` (0 plain, k the k-th augmented copy) and ``image`` (the
+    source image's identity). A generator: exports never hold a dict per row of the whole store.
+    ``columns`` (:func:`row_columns`) saves reading the columns again for every range."""
+    names, labels, copies, index, paths = row_columns(store) if columns is None else columns
+    for i in range(start, len(labels) if stop is None else stop):
+        label = int(labels[i])
+        yield {"row": i, "path": paths[i], "label": label, "class": names[label] if 0 <= label < len(names) else "",
+               "copy": int(copies[i]), "image": int(index[i])}  # fmt: skip
+
+
+def row_columns(store) -> tuple:
+    """``(class names, labels, copies, index, paths)``, read once."""
+    return list(store.class_names), store.labels, store.copies, store.index, store.paths
+
+
 def row_table(store) -> list[dict]:
-    """One dict per row: ``row``, ``path``, ``label`` (class index, -1 unlabeled), ``class`` (name or
-    empty), ``copy`` (0 plain, k the k-th augmented copy) and ``image`` (the source image's identity)."""
-    names = list(store.class_names)
-    labels, copies, index, paths = store.labels, store.copies, store.index, store.paths
-    return [
-        {"row": i, "path": paths[i], "label": int(labels[i]),
-         "class": names[labels[i]] if 0 <= labels[i] < len(names) else "", "copy": int(copies[i]),
-         "image": int(index[i])}
-        for i in range(len(store))
-    ]  # fmt: skip
+    """Every row of :func:`iter_rows` in a list."""
+    return list(iter_rows(store))
 
 
 def write_rows_csv(store, path: str | os.PathLike) -> int:
-    """Write :func:`row_table` as CSV (``-`` for standard output); returns the rows written."""
-    rows = row_table(store)
+    """Write :func:`iter_rows` as CSV (``-`` for standard output); returns the rows written."""
     if os.fspath(path) == "-":
         import sys
 
-        _write_csv(sys.stdout, rows)
+        _write_csv(sys.stdout, iter_rows(store))
     else:
         with open(path, "w", newline="", encoding="utf-8") as f:
-            _write_csv(f, rows)
-    return len(rows)
+            _write_csv(f, iter_rows(store))
+    return len(store)
 
 
 def _write_csv(f, rows) -> None:
@@ -85,6 +94,7 @@ def export_layer(store, layer: str | None, output: str | os.PathLike, fmt: str |
     output = os.fspath(output)
     fmt = format_of(output, fmt)
     features = store.features(layer)
+    columns = row_columns(store)
     key = layer if layer is not None else store.meta.get("layers", [None])[0]
     shape = tuple(int(d) for d in features.shape)
     n, width = shape[0], int(np.prod(shape[1:], dtype=np.int64))
@@ -100,7 +110,6 @@ def export_layer(store, layer: str | None, output: str | os.PathLike, fmt: str |
             f"Layer {key!r} has {width:,} values per row: too wide for CSV. Export it as .npy or .parquet, or "
             f"extract it pooled (--layer {key}:avg). Received: format='csv'"
         )
-    rows = row_table(store)
     if fmt == "npy":
         out = np.lib.format.open_memmap(output, mode="w+", dtype=features.dtype, shape=shape)
         for a, b in _steps(n, row_bytes):
@@ -108,22 +117,21 @@ def export_layer(store, layer: str | None, output: str | os.PathLike, fmt: str |
         out.flush()
         del out
         with open(files[1], "w", newline="", encoding="utf-8") as f:
-            _write_csv(f, rows)
+            _write_csv(f, iter_rows(store, columns=columns))
     elif fmt == "csv":
         with open(output, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow([*ROW_COLUMNS, *(f"f{j}" for j in range(width))])
             for a, b in _steps(n, row_bytes):
                 block = np.asarray(features[a:b]).reshape(b - a, width)
-                for i in range(a, b):
-                    r = rows[i]
-                    writer.writerow([*(r[c] for c in ROW_COLUMNS), *(repr(float(v)) for v in block[i - a])])
+                for r, values in zip(iter_rows(store, a, b, columns), block):
+                    writer.writerow([*(r[c] for c in ROW_COLUMNS), *(repr(float(v)) for v in values)])
     else:
-        _write_parquet(output, features, rows, n, width, row_bytes)
+        _write_parquet(output, columns, features, n, width, row_bytes)
     return {"format": fmt, "rows": n, "shape": list(shape), "layer": key, "files": files}
 
 
-def _write_parquet(output, features, rows, n, width, row_bytes) -> None:
+def _write_parquet(output, columns, features, n, width, row_bytes) -> None:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -138,6 +146,6 @@ def _write_parquet(output, features, rows, n, width, row_bytes) -> None:
         for a, b in _steps(n, row_bytes):
             block = np.ascontiguousarray(np.asarray(features[a:b]).reshape(-1))
             values = pa.FixedSizeListArray.from_arrays(pa.array(block, type=value_type), width)
-            part = rows[a:b]
+            part = list(iter_rows(None, a, b, columns))
             columns = [pa.array([r[c] for r in part]) for c in ROW_COLUMNS]
             writer.write_table(pa.Table.from_arrays([*columns, values], schema=schema))
