@@ -1,6 +1,6 @@
 """Decoded-image cache: epochs read from a fastfeat cache vs epochs that decode, same images, same process.
 
-    python -m benchmarks.bench_cache [--images 480] [--dir DIR] [--repeats 3]
+    python -m benchmarks.bench_cache [--images 480] [--dir DIR] [--repeats 3] [--epochs 3]
 
 Candidates (224x224 float32 batches of 32 with int labels, raw 0..255 values unless noted, bilinear;
 about 500x375 JPEGs of quality 90 from ``benchmarks.common.make_jpeg_dataset`` unless ``--dir``):
@@ -16,7 +16,11 @@ about 500x375 JPEGs of quality 90 from ``benchmarks.common.make_jpeg_dataset`` u
 * the OpenCV limit: decode + resize on every core, nothing else (:mod:`fastfeat.bench`);
 * building the cache (``build_cache``, overwritten each round).
 
-Every candidate runs once per round, rounds interleaved (the machine is shared); the table gives
+Every candidate runs once per round, rounds interleaved (the machine is shared). An epoch
+candidate is timed over ``--epochs`` consecutive epochs after one untimed epoch, as in the middle
+of training (image_dataset's workers start each epoch's first batches while the one before ends,
+and tf.data's prefetch runs on too), and the next candidate starts only when the work it computed
+ahead is done. The OpenCV limit and the cache build are timed one call each. The table gives
 medians, CPU ms per image, and ratios to the OpenCV limit, to tf.data's epoch 2 and to the plain
 decoding loader, each also as the median of per-round ratios ("paired"). Also reported: the RSS of
 the process before and after all cache epochs. Writes ``benchmarks/results/bench_cache.json``.
@@ -40,14 +44,47 @@ LIMIT, PLAIN = "opencv limit", "image_dataset decoding"
 TFCACHE, TFCACHE8 = "tf.data cache(file) epoch 2, float32", "tf.data cache(file) epoch 2, uint8"
 
 
-def _epoch(ds):
-    def run() -> int:
-        return sum(int(x.shape[0]) for x, _ in ds)
+class Epochs:
+    """``run()`` reads ``epochs`` consecutive epochs of a dataset (training's regime: the epochs
+    follow each other, and image_dataset starts an epoch's first batches while the one before
+    ends); ``warm()`` reads one untimed epoch before, so that the timed ones start as in the
+    middle of training, and ``settle()`` waits until the work it computed ahead is done, so that
+    none of it lands in the next candidate's time."""
 
-    return run
+    def __init__(self, ds, epochs: int, labeled: bool = True):
+        self.ds, self.epochs, self.labeled = ds, epochs, labeled
+
+    def _one(self) -> int:
+        if self.labeled:
+            return sum(int(x.shape[0]) for x, _ in self.ds)
+        return sum(int(x.shape[0]) for x in self.ds)
+
+    def warm(self) -> None:
+        self._one()
+
+    def run(self) -> int:
+        return sum(self._one() for _ in range(self.epochs))
+
+    def settle(self) -> None:
+        feed = getattr(self.ds, "_fastfeat_feed", None)  # image_dataset's worker threads
+        if feed is not None:
+            feed.wait_idle(timeout=60)
 
 
-def _tf_cache(paths, size, batch_size, cache_file, uint8: bool):
+class Once:
+    """A candidate timed one call at a time (a cache build, the OpenCV limit)."""
+
+    def __init__(self, fn):
+        self.run = fn
+
+    def warm(self) -> None:
+        pass
+
+    def settle(self) -> None:
+        pass
+
+
+def _tf_cache(paths, size, batch_size, cache_file, uint8: bool, epochs: int) -> Epochs:
     import tensorflow as tf
 
     def load(path):
@@ -63,21 +100,17 @@ def _tf_cache(paths, size, batch_size, cache_file, uint8: bool):
     count = sum(int(x.shape[0]) for x in ds)  # epoch 1 writes the cache
     if count != len(paths):
         raise RuntimeError(f"tf.data read {count} of {len(paths)} images")
-
-    def run() -> int:
-        return sum(int(x.shape[0]) for x in ds)
-
-    return run
+    return Epochs(ds, epochs, labeled=False)
 
 
-def _build(source, out, size):
+def _build(source, out, size) -> Once:
     from fastfeat.cache import build_cache
 
     def run() -> int:
         report = build_cache(source, out, size, overwrite=os.path.exists(out))
         return report.images
 
-    return run
+    return Once(run)
 
 
 def _rss_mb() -> float | None:
@@ -95,6 +128,7 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=224, help="target size (square)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up round")
+    p.add_argument("--epochs", type=int, default=3, help="consecutive epochs timed together per candidate and round")
     p.add_argument("--json", default=None, help="output path (default benchmarks/results/bench_cache.json)")
     args = p.parse_args(argv)
 
@@ -118,27 +152,33 @@ def main(argv=None) -> int:
         cache = os.path.join(tmp, "cache.h5")
         runs = {"build cache": _build(source, os.path.join(tmp, "build.h5"), size)}
         t0 = time.perf_counter()
-        runs["build cache"]()
+        runs["build cache"].run()
         first_build = time.perf_counter() - t0
         common = dict(image_size=size, batch_size=bs, seed=0)
-        runs[PLAIN] = _epoch(image_dataset(source, preprocess=None, **common))
-        runs["image_dataset decoding, augmented"] = _epoch(image_dataset(source, preprocess=None, augment=course,
-                                                                           **common))  # fmt: skip
-        runs["cache plain"] = _epoch(image_dataset(source, preprocess=None, cache=cache, **common))
-        runs["cache augmented"] = _epoch(image_dataset(source, preprocess=None, augment=course, cache=cache, **common))
-        runs["cache plain, vgg19 preprocess"] = _epoch(image_dataset(source, preprocess="vgg19", cache=cache, **common))
-        runs[TFCACHE] = _tf_cache(paths, size, bs, os.path.join(tmp, "tfcache32"), uint8=False)
-        runs[TFCACHE8] = _tf_cache(paths, size, bs, os.path.join(tmp, "tfcache8"), uint8=True)
-        runs[LIMIT] = _opencv_limit(paths, size, usable_cores())
+        k = args.epochs
+        runs[PLAIN] = Epochs(image_dataset(source, preprocess=None, **common), k)
+        runs["image_dataset decoding, augmented"] = Epochs(image_dataset(source, preprocess=None, augment=course,
+                                                                           **common), k)  # fmt: skip
+        runs["cache plain"] = Epochs(image_dataset(source, preprocess=None, cache=cache, **common), k)
+        runs["cache augmented"] = Epochs(image_dataset(source, preprocess=None, augment=course, cache=cache,
+                                                       **common), k)  # fmt: skip
+        runs["cache plain, vgg19 preprocess"] = Epochs(image_dataset(source, preprocess="vgg19", cache=cache,
+                                                                     **common), k)  # fmt: skip
+        runs[TFCACHE] = _tf_cache(paths, size, bs, os.path.join(tmp, "tfcache32"), uint8=False, epochs=k)
+        runs[TFCACHE8] = _tf_cache(paths, size, bs, os.path.join(tmp, "tfcache8"), uint8=True, epochs=k)
+        runs[LIMIT] = Once(_opencv_limit(paths, size, usable_cores()))
         rates = {k: [] for k in runs}
         cpu = {k: [] for k in runs}
         for round_ in range(args.repeats + 1):
-            for name, run in runs.items():
+            for name, candidate in runs.items():
+                candidate.warm()
                 t, c = time.perf_counter(), time.process_time()
-                count = run()
+                count = candidate.run()
                 dt, dc = time.perf_counter() - t, time.process_time() - c
-                if count != n:
-                    raise RuntimeError(f"{name} produced {count} images instead of {n}")
+                candidate.settle()
+                expected = n * getattr(candidate, "epochs", 1)
+                if count != expected:
+                    raise RuntimeError(f"{name} produced {count} images instead of {expected}")
                 if round_:
                     rates[name].append(count / dt)
                     cpu[name].append(1000 * dc / count)
@@ -146,7 +186,7 @@ def main(argv=None) -> int:
                 print(f"round {round_}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items()))
         rss = []  # after each of 6 more cache epochs: flat once the batch buffers are warm
         for _ in range(6):
-            runs["cache plain"]()
+            runs["cache plain"].run()
             rss.append(_rss_mb())
         cache_mb = os.path.getsize(cache) / 2**20
 

@@ -6,10 +6,14 @@ The pipeline (the extract loader's, see :mod:`fastfeat.loader`)::
         -> batches -> ordered parallel map on worker threads (per batch: read + decode + resize
            every image into one buffer, drop unreadable, fused augment + normalize kernel,
            labels; one batch per core at once, OpenCV and Numba release the GIL)
-        -> tf.data (``from_generator``, known cardinality)
+        -> tf.data (:mod:`fastfeat.feed`: ``range().map(numpy_function)``, known cardinality; the
+           workers outlive the epoch and start on the next one's first batches)
 
 Each iteration of the dataset is one epoch (``model.fit`` iterates it once per epoch): a new
 shuffle and new augmentation draws every epoch, the same sequence of epochs for the same ``seed``.
+The worker threads stay with the dataset and start the next epoch's first batches as soon as an
+epoch's last ones are under way, so epochs follow each other without the pipeline emptying;
+iterate a dataset once at a time (a second iteration running at the same time raises).
 The catalog rules are :func:`fastfeat.build_catalog`'s (the same as ``fastfeat extract``). Each
 image's augmentation parameters depend on ``(seed, key)``, where ``key`` is drawn per image and
 epoch. Unreadable images are dropped from their batch (they never reach the model; that batch is
@@ -29,7 +33,8 @@ from . import checks
 from .augment import Augment
 from .catalog import IMAGE_EXTENSIONS, Catalog, build_catalog
 from .decode import DEFAULT_MAX_PIXELS
-from .loader import DecodeOptions, Loader, pipeline_threads, worker_dataset
+from .feed import EpochFeed, feed_dataset
+from .loader import DecodeOptions, Loader, pipeline_threads
 from .preprocess import Normalization, resolve_preprocess  # noqa: F401 -- resolve_preprocess re-exported
 
 LABEL_MODES = ("int", "categorical", "binary", None)
@@ -135,7 +140,9 @@ def image_dataset(
     Returns:
         The dataset (or a ``(training, validation)`` pair for ``subset="both"``), with attributes
         ``class_names``, ``file_paths`` (absolute, catalog order; with ``shuffle=False`` the order
-        the images come in) and ``unreadable`` (path -> reason, filled as images fail).
+        the images come in) and ``unreadable`` (path -> reason, filled as images fail). Each
+        iteration is the next epoch; one iteration at a time (make one dataset per concurrent
+        reader).
 
     Raises:
         ValueError: on invalid arguments (the message names the argument).
@@ -243,8 +250,10 @@ def _build(positions, catalog: Catalog, options, norm, augment, batch_size, shuf
         "binary": tf.TensorSpec((None, 1), tf.float32),
     }.get(label_mode)
     signature = x_spec if y_spec is None else (x_spec, y_spec)
-    ds = worker_dataset(one_epoch, load_batch, signature, -(-len(positions) // batch_size), pipeline_threads())
+    feed = EpochFeed(one_epoch, load_batch, -(-len(positions) // batch_size), pipeline_threads())
+    ds = feed_dataset(feed, signature)
     ds.class_names = list(catalog.class_names)
     ds.file_paths = [catalog.abspath(int(p)) for p in positions]
     ds.unreadable = unreadable
+    ds._fastfeat_feed = feed  # for benchmarks (EpochFeed.wait_idle); not an API
     return ds

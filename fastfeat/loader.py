@@ -38,7 +38,8 @@ import numpy as np
 
 from . import decode as _decode
 from .catalog import Catalog
-from .kernels import empty_aligned, normalize_batch
+from .buffers import BufferPool
+from .kernels import normalize_batch
 from .preprocess import Normalization, get_normalization
 from .quiet import filtered_stderr
 from .runtime import usable_cores
@@ -77,9 +78,10 @@ class Loader:
         cache: a :class:`fastfeat.cache.CachedRows` for ``catalog`` and ``options``: batches are
             filled with its decoded rows instead of decoding (files changed since are decoded).
 
-    Float32 batches are allocated 64-byte aligned (:func:`fastfeat.kernels.empty_aligned`) so that
-    TensorFlow takes them from ``tf.numpy_function`` without a copy, and images are decoded
-    straight into their slot of the batch buffer.
+    Float32 batches are 64-byte aligned (:func:`fastfeat.kernels.empty_aligned`) so that
+    TensorFlow takes them from ``tf.numpy_function`` without a copy, and come from the loader's
+    :class:`fastfeat.buffers.BufferPool`: a batch's buffer is reused once nothing refers to it
+    any more. Images are decoded straight into their slot of the batch buffer.
     """
 
     catalog: Catalog
@@ -91,6 +93,7 @@ class Loader:
     reasons: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _local: threading.local = field(default_factory=threading.local, repr=False)
+    buffers: BufferPool = field(default_factory=lambda: BufferPool(keep=4), repr=False)
 
     def __post_init__(self):
         self.normalization = get_normalization(self.normalization)
@@ -119,12 +122,12 @@ class Loader:
         return out, False
 
     def normalize(self, images: np.ndarray, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """uint8 batch -> float32 batch (64-byte aligned, or ``out``) through the Numba kernel or
-        the augmentation transform."""
+        """uint8 batch -> float32 batch (64-byte aligned, from :attr:`buffers`, or ``out``)
+        through the Numba kernel or the augmentation transform."""
+        if out is None:
+            out = self.buffers.empty(images.shape, np.float32)
         if self.transform is not None:
             return self.transform(images, positions, out=out)
-        if out is None:
-            out = empty_aligned(images.shape, np.float32)
         if self.normalization.is_identity:  # NumPy's vectorized cast: ~3x faster than the table
             np.copyto(out, images, casting="unsafe")
         else:
@@ -146,13 +149,18 @@ class Loader:
                 scratch = self._local.images = np.empty((n, h, w, 3), np.uint8)
             images = scratch[:n]
         else:
-            images = np.empty((n, h, w, 3), np.uint8)
-        if self.cache is not None:
-            return images, self.cache.fill(positions, images, self.load)
+            images = self.buffers.empty((n, h, w, 3), np.uint8)
+        if self.cache is not None:  # rows read from the cache need no decoder settings
+            return images, self.cache.fill(positions, images, self._load_decoding)
         ok = np.empty(n, bool)
-        for i, position in enumerate(positions):  # load(out=) always fills the slot (zeros on failure)
-            ok[i] = self.load(position, out=images[i])[1]
+        with decoding():
+            for i, position in enumerate(positions):  # load(out=) always fills the slot (zeros on failure)
+                ok[i] = self.load(position, out=images[i])[1]
         return images, ok
+
+    def _load_decoding(self, position: int, out: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
+        with decoding():
+            return self.load(position, out=out)
 
     def load_batch(self, positions: np.ndarray):
         """Decode a batch of catalog items and normalize it (plus any copies), in one call.
@@ -175,7 +183,7 @@ class Loader:
         """
         n = len(positions)
         parts = 1 + len(self.copies)
-        rows = empty_aligned((parts * n, *images.shape[1:]), np.float32)
+        rows = self.buffers.empty((parts * n, *images.shape[1:]), np.float32)
         for k, fn in enumerate([self.normalize, *self.copies]):
             part = rows[k * n : (k + 1) * n]
             result = fn(images, positions, out=part)
@@ -237,6 +245,16 @@ def worker_dataset(items: Callable[[], Iterable], fn: Callable, signature, lengt
 
     ds = tf.data.Dataset.from_generator(one_pass, output_signature=signature)
     return pipeline_options(ds.apply(tf.data.experimental.assert_cardinality(length)))
+
+
+@contextlib.contextmanager
+def decoding():
+    """Around decoding on a worker thread: OpenCV's pool at one thread
+    (:func:`opencv_single_threaded`) and decoder lines kept off the terminal
+    (:func:`fastfeat.quiet.filtered_stderr`). Both are counted, so the uses of overlapping batches
+    and of an enclosing pass (:func:`worker_dataset`) share one setting: cheap when one is on."""
+    with opencv_single_threaded(), filtered_stderr():
+        yield
 
 
 def pipeline_threads(threads: int | None = None) -> int:

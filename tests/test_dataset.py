@@ -104,6 +104,27 @@ def test_reshuffles_each_epoch_reproducibly(folder):
     assert identify(collect(again)[0]) == first
 
 
+def test_kept_batches_stay_intact_and_epochs_follow_each_other_however_they_are_read(folder):
+    """Batch buffers are reused only when nothing refers to them; each iteration is the next
+    epoch, whether the one before was read to its end (its successor computed ahead) or left."""
+    kwargs = dict(image_size=(8, 8), batch_size=4, preprocess=None, seed=3,
+                  augment=Augment(rotation_range=30, horizontal_flip=True))  # fmt: skip
+    ds = image_dataset(folder, **kwargs)
+    kept = [x for x, _ in ds]  # tensors kept across the later epochs
+    copies = [x.numpy().copy() for x in kept]
+    epochs = [collect(ds)[0] for _ in range(3)]
+    for tensor, copy in zip(kept, copies):
+        np.testing.assert_array_equal(tensor.numpy(), copy)
+    peeked = image_dataset(folder, **kwargs)
+    first_batch = next(iter(peeked))[0].numpy()  # epoch 0, left after one batch
+    np.testing.assert_array_equal(first_batch, copies[0])
+    np.testing.assert_array_equal(collect(peeked)[0], epochs[0])  # then epoch 1
+    taken = image_dataset(folder, **kwargs)
+    assert len(list(taken.take(2))) == 2  # epoch 0, left after two batches
+    np.testing.assert_array_equal(collect(taken)[0], epochs[0])
+    np.testing.assert_array_equal(collect(taken)[0], epochs[1])
+
+
 def test_augmentation_differs_each_epoch_and_follows_the_seed(folder):
     aug = Augment(rotation_range=40, zoom_range=0.3, horizontal_flip=True, fill_mode="constant", cval=0)
     kwargs = dict(image_size=(16, 16), batch_size=6, preprocess=None, augment=aug, shuffle=False)

@@ -225,7 +225,7 @@ def _write(catalog: Catalog, options: DecodeOptions, target: str, mode: str, pre
 
     writer = StoreWriter(
         target, {layout.IMAGES: ((h, w, 3), "uint8"), layout.FINGERPRINT: ((3,), "int64")}, capacity=len(catalog),
-        class_names=catalog.class_names, meta=_meta(catalog, options), mode=mode,
+        class_names=catalog.class_names, meta=_meta(catalog, options), mode=mode, chunk_rows=batch_size,
     )  # fmt: skip
     try:
         positions = np.arange(len(catalog), dtype=np.int64)
@@ -237,8 +237,10 @@ def _write(catalog: Catalog, options: DecodeOptions, target: str, mode: str, pre
         with tqdm(total=len(positions), unit="img", disable=not progress, dynamic_ncols=True, desc="cache") as bar, \
                 opencv_single_threaded(), filtered_stderr():  # one decode per worker; decoder lines off the terminal
             for batch, prints, images, ok, reused in ordered_map(work, batches, threads, default_ahead(threads)):
+                if not ok.all():
+                    images, prints = images[ok], prints[ok]
                 good, bad = batch[ok], batch[~ok]
-                writer.append({layout.IMAGES: images[ok], layout.FINGERPRINT: prints[ok]}, catalog.labels[good],
+                writer.append({layout.IMAGES: images, layout.FINGERPRINT: prints}, catalog.labels[good],
                               [catalog.paths[p] for p in good.tolist()], good)  # fmt: skip
                 writer.add_failures(bad.tolist(), [catalog.paths[p] for p in bad.tolist()],
                                     [loader.reasons.get(p, "unreadable") for p in bad.tolist()])  # fmt: skip
