@@ -242,7 +242,7 @@ class Augment:
         if not _is_number(copy) or int(copy) != copy or copy < 0:
             raise _fail("copy", "must be a non-negative integer", copy)
         norm = get_normalization(normalization)
-        args = normalization_args(norm, self.cval)
+        args = normalization_args(norm)
         seed, copy = int(seed), int(copy)
 
         def transform(images: np.ndarray, positions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -276,16 +276,18 @@ class Augment:
             out[raw] = norm.apply(out[raw])
 
 
-def normalization_args(norm: Normalization, cval: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(perm, lut, fill)`` for :func:`fastfeat.warp.augment_batch`.
+def normalization_args(norm: Normalization) -> tuple[np.ndarray, np.float32, np.float32, np.ndarray, np.ndarray]:
+    """``(perm, scale, divisor, mean, std)`` for :func:`fastfeat.warp.augment_batch`.
 
-    ``lut`` (3, 256) holds :meth:`Normalization.apply` of every uint8 value per output channel
-    (so un-warped pixels are bit-identical to it), ``perm`` the source channel of each output
-    channel, and ``fill`` the normalized ``cval``.
+    The kernel interpolates raw values, then takes :meth:`Normalization.apply`'s float32 steps
+    on them: ``perm`` is the source channel of each output channel, ``scale`` and ``divisor`` the
+    first two steps, ``mean`` and ``std`` (ones when the normalization has none) the last two,
+    per output channel. Un-warped pixels are therefore bit-identical to ``Normalization.apply``.
     """
-    perm, lut = norm.kernel_args()  # the same table the plain normalization reads
-    fill = norm.apply(np.full((1, 3), cval, np.float32))[0].astype(np.float32)
-    return perm, np.ascontiguousarray(lut, dtype=np.float32), fill
+    perm = np.array([2, 1, 0] if norm.bgr else [0, 1, 2], dtype=np.int64)
+    mean = np.asarray(norm.mean, dtype=np.float32)
+    std = np.ones(3, np.float32) if norm.std is None else np.asarray(norm.std, dtype=np.float32)
+    return perm, np.float32(norm.scale), np.float32(norm.divisor), mean, std
 
 
 def _shift(rng, size: int, u: np.ndarray, u_sign: np.ndarray) -> np.ndarray:

@@ -67,12 +67,11 @@ def kernel_batch(x: np.ndarray, params: dict, mode: str, cval: float, normalizat
     shift = params.get("channel_shift_intensity")
     bright = params.get("brightness")
     norm = get_normalization(normalization)
-    perm, lut, fill = normalization_args(norm, cval)
     src = x[None].copy()
     out = np.empty(src.shape, np.float32)
     args = (src, out, transform_matrices(p, *x.shape[:2]), flips, np.array([np.nan if shift is None else shift]),
             np.array([np.nan if bright is None else bright]), warp.FILL_MODES[mode], float(cval), order,
-            perm, lut, fill)  # fmt: skip
+            *normalization_args(norm))  # fmt: skip
     return args, norm
 
 
@@ -85,7 +84,7 @@ def test_apply_transform_matches_keras(keras_generator, mode):
 
 @pytest.mark.parametrize("mode", FILL_MODES)
 def test_batch_kernel_matches_keras(keras_generator, mode):
-    """The fast path (float32 four-lane taps through the lookup table) against Keras, and un-jitted."""
+    """The fast path (taps gathered from the uint8 image, four-lane float32 blend) against Keras, and un-jitted."""
     draws = keras_draws(keras_generator, mode, 6, seed=10 + FILL_MODES.index(mode))
     for k, (x, params, expected) in enumerate(draws):
         args, norm = kernel_batch(x, params, mode, 37.0)
@@ -124,10 +123,112 @@ def test_identity_is_the_normalization_exactly():
         np.testing.assert_array_equal(out, get_normalization(mode).apply(x))
 
 
+NORMALIZATIONS = ("caffe", "tf", "torch", "rescale", "none")
+
+
+def reference_batch(aug: Augment, x: np.ndarray, seed: int) -> np.ndarray:
+    """What ``aug.batch_transform(..., seed)`` should give before normalization: Keras' apply_transform
+    (scipy's double-precision arithmetic) on each image's own parameters."""
+    p = aug.sample(np.arange(len(x)), x.shape[1:3], seed=seed, copy=1)
+    return np.stack([apply_transform(x[i], {k: p[k][i].item() for k in KERAS_KEYS}, fill_mode=aug.fill_mode,
+                                     cval=aug.cval) for i in range(len(x))])  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", FILL_MODES)
+def test_unwarped_pixels_are_the_normalization_exactly(mode):
+    """Whole-pixel shifts and flips (every weight exactly 1 or 0) are bit-identical to normalizing the
+    shifted raw image, edge, wrapped and cval (37.5, off the uint8 grid) pixels included."""
+    x = np.stack([make_image(32, s) for s in range(4)])
+    aug = Augment(width_shift_range=[3, 5], height_shift_range=[2], horizontal_flip=True, vertical_flip=True,
+                  fill_mode=mode, cval=37.5)  # fmt: skip
+    raw = reference_batch(aug, x, seed=4)
+    for name in NORMALIZATIONS:
+        norm = get_normalization(name)
+        np.testing.assert_array_equal(aug.batch_transform(name, seed=4)(x, np.arange(4)), norm.apply(raw), err_msg=name)
+    if mode == "constant":
+        assert (raw == 37.5).all(axis=-1).mean() > 0.1  # the fill was checked too
+
+
+@pytest.mark.parametrize("normalization", ["caffe", "torch", "none"])
+def test_constant_fill_is_the_normalized_cval_exactly(normalization):
+    """Warped images: pixels outside the image are exactly ``Normalization.apply(cval)`` for a cval off
+    the uint8 grid; the others are "warp, then normalize"."""
+    x = (100 + np.stack([make_image(48, s) for s in range(6)]).astype(np.uint16) * 155 // 255).astype(np.uint8)
+    aug = Augment(rotation_range=40, width_shift_range=0.3, height_shift_range=0.3, shear_range=20, zoom_range=0.3,
+                  horizontal_flip=True, vertical_flip=True, fill_mode="constant", cval=37.5)  # fmt: skip
+    norm = get_normalization(normalization)
+    fill = norm.apply(np.full((1, 3), 37.5, np.float32))[0]
+    out = aug.batch_transform(normalization, seed=2)(x, np.arange(6))
+    raw = reference_batch(aug, x, seed=2)  # image values are >= 100: only fill pixels are 37.5
+    filled = (out == fill).all(axis=-1)
+    expected = (raw == 37.5).all(axis=-1)
+    assert expected.mean() > 0.1
+    # float32 coordinates (the kernel) against double (scipy) may disagree on a pixel at the very edge
+    assert np.count_nonzero(filled != expected) <= 0.001 * filled.size
+    assert not ((out == fill).any(axis=-1) & ~filled).any()  # no pixel half cval
+    inside = ~filled & ~expected
+    unit = float(np.max(np.abs(norm.apply(np.ones((1, 3))) - norm.apply(np.zeros((1, 3))))))  # d(normalized)/d(raw)
+    np.testing.assert_allclose(out[inside], norm.apply(raw)[inside], rtol=0, atol=2e-3 * unit)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "wrap"])
+def test_reflect_and_wrap_match_scipy(mode):
+    """The batch kernel against ``scipy.ndimage.affine_transform`` itself, per channel, then Keras' flips."""
+    x = np.stack([make_image(36, s) for s in range(4)])
+    aug = Augment(rotation_range=60, width_shift_range=0.4, height_shift_range=0.4, shear_range=20, zoom_range=0.4,
+                  horizontal_flip=True, vertical_flip=True, fill_mode=mode)  # fmt: skip
+    p = aug.sample(np.arange(4), (36, 36), seed=9, copy=1)
+    mats = transform_matrices(p, 36, 36)
+    expected = np.empty(x.shape, np.float64)
+    for i, a in enumerate(mats):
+        for c in range(3):
+            expected[i, ..., c] = scipy.ndimage.affine_transform(
+                x[i, ..., c].astype(np.float64), np.array([[a[0], a[1]], [a[3], a[4]]]), offset=(a[2], a[5]),
+                order=1, mode=mode)  # fmt: skip
+        if p["flip_horizontal"][i]:
+            expected[i] = expected[i, :, ::-1]
+        if p["flip_vertical"][i]:
+            expected[i] = expected[i, ::-1]
+    assert p["flip_horizontal"].any() and p["flip_vertical"].any()
+    for name in ("none", "caffe"):
+        out = aug.batch_transform(name, seed=9)(x, np.arange(4))
+        np.testing.assert_allclose(out, get_normalization(name).apply(expected), rtol=0, atol=1e-3, err_msg=name)
+
+
+def test_vector_blend_equals_the_scalar_blend():
+    """The compiled four-lane blend (``_gather_rgb`` jitted) equals its plain definition bit for bit,
+    and writes no further than the next column's first value."""
+    rng = np.random.default_rng(0)
+    h = w = 20
+    s = rng.integers(0, 256, h * w * 3 + 1, dtype=np.uint8)  # the image and its spare byte
+    iy, ix = rng.integers(0, h, w), rng.integers(0, w, w)
+    iy[-3:], ix[-3:] = h - 1, w - 1  # the last pixel, whose fourth byte is the spare one
+    taps = np.stack([(iy * w + ix) * 3, np.where(iy < h - 1, 3 * w, 0), np.where(ix < w - 1, 3, 0)]).astype(np.uint32)
+    weights = rng.random((4, w), dtype=np.float32)
+    start = 3 * w  # the second row of a two-row output
+    for bgr in (False, True):
+        for mean in (np.zeros(4, np.float32), np.array([103.939, 116.779, 123.68, 0.0], np.float32)):
+            for c0, c1 in ((0, w - 1), (3, 11), (5, w - 1), (4, 3)):
+                compiled = np.full(6 * w, -1.0, np.float32)
+                plain = compiled.copy()
+                warp._gather_rgb(s, compiled, start, taps, weights, c0, c1, bgr, mean)
+                warp._gather_rgb.py_func(s, plain, start, taps, weights, c0, c1, bgr, mean)
+                end = start + 3 * (c1 + 1) if c1 >= c0 else start + 3 * c0
+                np.testing.assert_array_equal(compiled[start + 3 * c0 : end], plain[start + 3 * c0 : end])
+                assert (compiled[: start + 3 * c0] == -1).all() and (compiled[end + 1 :] == -1).all()
+                if c1 >= c0:  # spot check against the definition: column c0, first output channel
+                    channel = 2 if bgr else 0
+                    k, down, right = (int(t) for t in taps[:, c0])
+                    value = np.float32(0.0)
+                    for j, d in enumerate((0, right, down, down + right)):
+                        value = value + np.float32(s[k + d + channel]) * weights[j, c0]
+                    assert compiled[start + 3 * c0] == value - mean[0]
+
+
 @pytest.mark.parametrize("channels", [1, 2, 4])
 @pytest.mark.parametrize("mode", FILL_MODES)
 def test_batch_kernel_other_channel_counts(mode, channels):
-    """1, 2 and 4 channels (the generic table and gather loops) equal the same planes warped as RGB."""
+    """1, 2 and 4 channels (the generic scalar gather) equal the same planes warped as RGB (the vector blend)."""
     rgb = np.stack([make_image(40, s) for s in range(2)])  # (2, 40, 40, 3)
     planes = np.concatenate([rgb, rgb[..., :1]], axis=-1)[..., :channels].copy()
     params = Augment(rotation_range=35, zoom_range=0.3, shear_range=10, width_shift_range=0.2,
@@ -136,24 +237,23 @@ def test_batch_kernel_other_channel_counts(mode, channels):
     mats = transform_matrices(params, 40, 40)
     flips = np.stack([params["flip_horizontal"], params["flip_vertical"]], axis=1).astype(np.uint8)
     nan = np.full(2, np.nan)
-    perm, lut, fill = normalization_args(get_normalization("rescale"), 200.0)
+    perm, scale, divisor, mean, std = normalization_args(get_normalization("rescale"))
     common = (mats, flips, nan, nan, warp.FILL_MODES[mode], 200.0, 1)
     expected = np.empty(rgb.shape, np.float32)
-    warp.augment_batch(rgb, expected, *common, perm, lut, fill)
+    warp.augment_batch(rgb, expected, *common, perm, scale, divisor, mean, std)
+    generic = (np.arange(channels, dtype=np.int64), scale, divisor, np.zeros(channels, np.float32),
+               np.ones(channels, np.float32))  # fmt: skip
     out = np.empty(planes.shape, np.float32)
-    lut4 = np.concatenate([lut, lut[:1]])[:channels].copy()
-    warp.augment_batch(planes, out, *common, np.arange(channels, dtype=np.int64), lut4,
-                       np.concatenate([fill, fill[:1]])[:channels].copy())  # fmt: skip
+    warp.augment_batch(planes, out, *common, *generic)
     reference = np.concatenate([expected, expected[..., :1]], axis=-1)[..., :channels]
     np.testing.assert_array_equal(out, reference)
     plain = np.empty(planes.shape, np.float32)
-    warp.augment_batch.py_func(planes, plain, *common, np.arange(channels, dtype=np.int64), lut4,
-                               np.concatenate([fill, fill[:1]])[:channels].copy())  # fmt: skip
+    warp.augment_batch.py_func(planes, plain, *common, *generic)
     np.testing.assert_allclose(plain, out, rtol=0, atol=1e-4)
 
 
 def test_normalized_augmentation_equals_augment_then_normalize():
-    """Normalizing before interpolating (the lookup table) equals Keras' augment-then-preprocess."""
+    """The kernel interpolates raw values and normalizes after, as Keras augments then preprocesses."""
     x = make_image(48, 7)
     params = {"theta": 17.0, "tx": 3.5, "ty": -2.25, "shear": 8.0, "zx": 0.9, "zy": 1.15, "flip_horizontal": True}
     for mode in ("caffe", "torch"):
@@ -213,12 +313,18 @@ def test_kernel_without_jit_matches(tmp_path):
         "np.save(sys.argv[2], aug.batch_transform('caffe', seed=5)(x, np.arange(len(x))))\n"
         "aug2 = Augment(rotation_range=40, fill_mode='wrap')\n"
         "np.save(sys.argv[3], aug2.batch_transform('tf', seed=6)(x, np.arange(len(x))))\n"
+        "aug3 = Augment(rotation_range=40, shear_range=10, zoom_range=0.3, horizontal_flip=True,\n"
+        "               fill_mode='constant', cval=37.5)\n"
+        "np.save(sys.argv[4], aug3.batch_transform('caffe', seed=7)(x, np.arange(len(x))))\n"
+        "aug4 = Augment(rotation_range=40, width_shift_range=0.3, vertical_flip=True, fill_mode='nearest')\n"
+        "np.save(sys.argv[5], aug4.batch_transform('torch', seed=8)(x, np.arange(len(x))))\n"
     )
     x = np.stack([make_image(20, s) for s in range(3)])
     np.save(tmp_path / "x.npy", x)
     env = dict(os.environ, FASTFEAT_DISABLE_JIT="1")
     subprocess.run([sys.executable, str(script), str(tmp_path / "x.npy"), str(tmp_path / "a.npy"),
-                    str(tmp_path / "b.npy")], check=True, env=env, timeout=120)  # fmt: skip
+                    str(tmp_path / "b.npy"), str(tmp_path / "c.npy"), str(tmp_path / "d.npy")],
+                   check=True, env=env, timeout=120)  # fmt: skip
     aug = Augment(rotation_range=40, width_shift_range=0.2, shear_range=10, zoom_range=0.2,
                   horizontal_flip=True, fill_mode="reflect", brightness_range=(0.8, 1.2))  # fmt: skip
     np.testing.assert_allclose(np.load(tmp_path / "a.npy"), aug.batch_transform("caffe", seed=5)(x, np.arange(3)),
@@ -226,6 +332,12 @@ def test_kernel_without_jit_matches(tmp_path):
     aug2 = Augment(rotation_range=40, fill_mode="wrap")
     np.testing.assert_allclose(np.load(tmp_path / "b.npy"), aug2.batch_transform("tf", seed=6)(x, np.arange(3)),
                                rtol=0, atol=1e-5)  # fmt: skip
+    # the fast path for nearest and constant (the vector blend compiled, its plain definition here): same bits
+    aug3 = Augment(rotation_range=40, shear_range=10, zoom_range=0.3, horizontal_flip=True, fill_mode="constant",
+                   cval=37.5)  # fmt: skip
+    np.testing.assert_array_equal(np.load(tmp_path / "c.npy"), aug3.batch_transform("caffe", seed=7)(x, np.arange(3)))
+    aug4 = Augment(rotation_range=40, width_shift_range=0.3, vertical_flip=True, fill_mode="nearest")
+    np.testing.assert_array_equal(np.load(tmp_path / "d.npy"), aug4.batch_transform("torch", seed=8)(x, np.arange(3)))
 
 
 # -- parameter sampling -------------------------------------------------------------------------
