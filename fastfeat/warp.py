@@ -70,6 +70,10 @@ import numpy as np
 
 from .kernels import DISABLE_JIT, jit
 
+#: Largest magnitude of a pull-mapping entry :func:`augment_batch` takes (real augmentations stay
+#: within a few image sizes; beyond, float32 coordinates could overflow to inf - inf = NaN).
+MAX_MAPPING = float(2**24)
+
 #: Fill mode names (ImageDataGenerator's ``fill_mode``) and their kernel codes.
 FILL_MODES = {"constant": 0, "nearest": 1, "reflect": 2, "wrap": 3}
 
@@ -582,6 +586,10 @@ def augment_batch(src, dst, mats, flips, shifts, brights, mode, cval, order, per
     size = h * w * channels
     if size >= 2**31:
         raise ValueError("augment_batch: an image must have fewer than 2**31 values (byte offsets are int32)")
+    for i in range(n):  # finite, bounded mappings keep every float32 coordinate finite, so the
+        for j in range(6):  # clamps (and so every tap offset) stay inside the image
+            if not abs(mats[i, j]) <= MAX_MAPPING:  # NaN fails too
+                raise ValueError("augment_batch: every entry of `mats` must be finite and at most 2**24 in size")
     scale32 = np.float32(scale)
     divisor32 = np.float32(divisor)
     steps = 0

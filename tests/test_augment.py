@@ -464,3 +464,43 @@ def test_non_square_images_turn_about_their_centre():
     args, _ = kernel_batch(x, {"theta": 180}, "constant", 0.0)
     warp.augment_batch(*args)  # the batch path agrees
     np.testing.assert_allclose(args[1][0], turned, atol=1e-3)
+
+
+def test_kernel_fuzzed_jitted_reads_only_the_image():
+    """Random mappings, sizes, fill modes and flips through the compiled kernel: every batch lies
+    between canary bytes of 255 in memory while its pixels are 10..20, so a tap read outside an
+    image (beyond the one spare byte the vector blend ignores) would show as a value above 20."""
+    rng = np.random.default_rng(0)
+    perm, scale, divisor, mean, std = normalization_args(get_normalization("none"))
+    for trial in range(300):
+        n, h, w = int(rng.integers(1, 4)), int(rng.integers(1, 10)), int(rng.integers(1, 10))
+        size = n * h * w * 3
+        memory = np.full(size + 128, 255, np.uint8)
+        src = memory[64 : 64 + size].reshape(n, h, w, 3)
+        src[...] = rng.integers(10, 21, src.shape)
+        theta = rng.uniform(-np.pi, np.pi, n)
+        zoom = rng.choice([0.0, 0.01, 1.0, 3.0, 50.0], (n, 2)) * rng.uniform(0.5, 1.5, (n, 2))
+        mats = np.stack([zoom[:, 0] * np.cos(theta), -zoom[:, 1] * np.sin(theta), rng.normal(0, 3 * h, n),
+                         zoom[:, 0] * np.sin(theta), zoom[:, 1] * np.cos(theta), rng.normal(0, 3 * w, n)], axis=1)
+        if trial % 7 == 0:
+            mats[:, [2, 5]] = rng.choice([-1e6, 1e6, 2.0**24], (n, 2))  # far outside, at the bound
+        flips = rng.integers(0, 2, (n, 2)).astype(np.uint8)
+        nan = np.full(n, np.nan)
+        mode = int(trial % 4)
+        dst = np.full((n, h, w, 3), np.nan, np.float32)
+        warp.augment_batch(src, dst, mats, flips, nan, nan, mode, 15.0, 1, perm, scale, divisor, mean, std)
+        assert np.isfinite(dst).all(), trial
+        assert dst.min() >= 10 - 1e-3 and dst.max() <= 20 + 1e-3, (trial, dst.min(), dst.max())
+        assert (memory[:64] == 255).all() and (memory[64 + size :] == 255).all()  # nothing written outside
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 2.0**24 + 1, -1e300])
+def test_kernel_refuses_unbounded_mappings(bad):
+    perm, scale, divisor, mean, std = normalization_args(get_normalization("none"))
+    src = np.zeros((1, 4, 4, 3), np.uint8)
+    mats = np.array([[1.0, 0.0, 0.0, 0.0, 1.0, 0.0]])
+    mats[0, 2] = bad
+    nan = np.full(1, np.nan)
+    with pytest.raises(ValueError, match="finite and at most 2"):
+        warp.augment_batch(src, np.empty((1, 4, 4, 3), np.float32), mats, np.zeros((1, 2), np.uint8), nan, nan, 1,
+                           0.0, 1, perm, scale, divisor, mean, std)  # fmt: skip
