@@ -76,3 +76,98 @@ def normalize_batch(src, dst, perm, lut):
         d[k, 0] = l0[s[k, p0]]
         d[k, 1] = l1[s[k, p1]]
         d[k, 2] = l2[s[k, p2]]
+
+
+# -- uint8 -> float32 with streaming stores ------------------------------------------------------
+def _convert16(src, dst, start):
+    """``dst[start : start + 16] = float32(src[start : start + 16])``.
+
+    The plain definition, run un-jitted; compiled (:func:`_register_streaming`) it is one 16-lane
+    conversion and one non-temporal 64-byte store, which the caller aligns to 64 bytes.
+    """
+    for k in range(start, start + 16):
+        dst[k] = np.float32(src[k])
+
+
+def _store_fence():
+    """Order the streaming stores before every later memory access (a no-op un-jitted)."""
+
+
+def _register_streaming():
+    """Compile :func:`_convert16` and :func:`_store_fence` as LLVM code.
+
+    A non-temporal store writes around the caches: no read for ownership of lines about to be
+    overwritten whole, and no eviction of what the caches hold. A batch is 19 MB of float32, more
+    than the caches keep for the pipeline's several batches in flight, so a plain store pays a
+    read of every line it writes. Only generic LLVM operations: where the target has no
+    streaming store, LLVM emits an ordinary one.
+    """
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic, overload
+
+    @intrinsic
+    def convert16(typingctx, src, dst, start):
+        if not (isinstance(src, types.Array) and src.dtype == types.uint8 and src.layout == "C" and src.ndim == 1):
+            return None
+        if not (isinstance(dst, types.Array) and dst.dtype == types.float32 and dst.layout == "C" and dst.ndim == 1):
+            return None
+        if not isinstance(start, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            s = context.make_array(signature.args[0])(context, builder, args[0]).data
+            d = context.make_array(signature.args[1])(context, builder, args[1]).data
+            k = context.cast(builder, args[2], signature.args[2], types.intp)
+            bytes16, floats16 = ir.VectorType(ir.IntType(8), 16), ir.VectorType(ir.FloatType(), 16)
+            values = builder.uitofp(builder.load(builder.bitcast(builder.gep(s, [k]), bytes16.as_pointer()), align=1),
+                                    floats16)  # fmt: skip
+            store = builder.store(values, builder.bitcast(builder.gep(d, [k]), floats16.as_pointer()), align=64)
+            store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+            return context.get_dummy_value()
+
+        return types.void(src, dst, start), codegen
+
+    @intrinsic
+    def fence(typingctx):
+        def codegen(context, builder, signature, args):
+            builder.fence("seq_cst")  # streaming stores are weakly ordered
+            return context.get_dummy_value()
+
+        return types.void(), codegen
+
+    @overload(_convert16, inline="always")
+    def _convert16_compiled(src, dst, start):
+        return lambda src, dst, start: convert16(src, dst, start)
+
+    @overload(_store_fence, inline="always")
+    def _store_fence_compiled():
+        return lambda: fence()
+
+
+if not DISABLE_JIT:
+    _register_streaming()
+
+
+@jit
+def to_float32(src, dst):
+    """``dst[k] = float32(src[k])`` for flat C-contiguous arrays of the same size (uint8, float32).
+
+    The plain uint8 -> float32 conversion of the loader, with streaming (non-temporal) stores in
+    64-byte blocks: measured on this project's 2-core Xeon, one batch (32 x 224 x 224 x 3) into
+    one of 8 batch buffers in turn took 0.76-0.80 ms against 1.46-1.88 ms with NumPy's cast
+    (equal, 0.8 ms, when the buffers stay in cache). Any alignment: the elements before the
+    first 64-byte boundary and after the last whole block are converted one by one.
+    """
+    n = src.shape[0]
+    if dst.shape[0] != n:
+        raise ValueError("to_float32: `src` and `dst` must have the same size")
+    head = min(n, ((64 - dst.ctypes.data % 64) % 64) // 4) if dst.ctypes.data % 4 == 0 else n
+    for k in range(head):
+        dst[k] = np.float32(src[k])
+    blocks = (n - head) // 16
+    for b in range(blocks):
+        _convert16(src, dst, head + 16 * b)
+    for k in range(head + 16 * blocks, n):
+        dst[k] = np.float32(src[k])
+    _store_fence()

@@ -39,7 +39,7 @@ import numpy as np
 from . import decode as _decode
 from .catalog import Catalog
 from .buffers import BufferPool
-from .kernels import normalize_batch
+from .kernels import normalize_batch, to_float32
 from .preprocess import Normalization, get_normalization
 from .quiet import filtered_stderr
 from .runtime import usable_cores
@@ -128,7 +128,9 @@ class Loader:
             out = self.buffers.empty(images.shape, np.float32)
         if self.transform is not None:
             return self.transform(images, positions, out=out)
-        if self.normalization.is_identity:  # NumPy's vectorized cast: ~3x faster than the table
+        if self.normalization.is_identity and out.flags.c_contiguous:  # a plain cast, streaming stores
+            to_float32(np.ascontiguousarray(images).reshape(-1), out.reshape(-1))
+        elif self.normalization.is_identity:
             np.copyto(out, images, casting="unsafe")
         else:
             normalize_batch(np.ascontiguousarray(images), out, *self._norm_args)

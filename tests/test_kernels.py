@@ -106,6 +106,22 @@ def test_apply_refuses_images_without_three_channels():
         get_normalization("tf").apply(np.zeros((2, 2, 4), np.uint8))
 
 
+@pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 63, 1000, 2 * 224 * 224 * 3 + 5])
+def test_to_float32_streaming_cast_jitted_and_plain(size):
+    """Every alignment of the output (the streaming stores cover the 64-byte aligned middle, the
+    ends are converted one by one): equal to NumPy's cast, nothing written outside ``dst``."""
+    src = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
+    for offset in range(0, 17, 3):
+        for fn in (kernels.to_float32, kernels.to_float32.py_func):
+            memory = np.full(size + 48, -7.0, np.float32)
+            dst = memory[offset + 8 : offset + 8 + size]
+            fn(src, dst)
+            np.testing.assert_array_equal(dst, src.astype(np.float32))
+            assert (memory[: offset + 8] == -7.0).all() and (memory[offset + 8 + size :] == -7.0).all()
+    with pytest.raises(ValueError, match="same size"):
+        kernels.to_float32(src, np.empty(size + 1, np.float32))
+
+
 def test_disable_jit_runs_plain_python():
     """FASTFEAT_DISABLE_JIT=1: no compilation, same results (in a fresh interpreter)."""
     code = textwrap.dedent(
@@ -122,6 +138,9 @@ def test_disable_jit_runs_plain_python():
             out = np.empty(x.shape, np.float32)
             normalize_batch(x, out, *norm.kernel_args())
             assert np.array_equal(out, norm.apply(x)), mode
+        flat = np.empty(x.size, np.float32)
+        kernels.to_float32(x.reshape(-1), flat)
+        assert np.array_equal(flat, x.reshape(-1).astype(np.float32))
         print("ok")
         """
     )

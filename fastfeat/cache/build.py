@@ -233,7 +233,7 @@ def _write(catalog: Catalog, options: DecodeOptions, target: str, mode: str, pre
             positions = np.setdiff1d(positions, writer.processed_indices(), assume_unique=True)
         threads = pipeline_threads(threads)
         keep_large_allocations()
-        batches = [positions[i : i + batch_size] for i in range(0, len(positions), batch_size)]
+        batches = _work_units(positions, batch_size, threads)
         with tqdm(total=len(positions), unit="img", disable=not progress, dynamic_ncols=True, desc="cache") as bar, \
                 opencv_single_threaded(), filtered_stderr():  # one decode per worker; decoder lines off the terminal
             for batch, prints, images, ok, reused in ordered_map(work, batches, threads, default_ahead(threads)):
@@ -255,6 +255,17 @@ def _write(catalog: Catalog, options: DecodeOptions, target: str, mode: str, pre
     writer.close(complete=True)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _work_units(positions: np.ndarray, batch_size: int, threads: int) -> list[np.ndarray]:
+    """``positions`` in batches of ``batch_size``, except the last ``threads`` batches' worth, cut
+    in quarters: the workers then finish within a quarter batch of each other instead of one
+    waiting for the other's last whole batch (at 480 images on 2 threads, 15 batches: one worker
+    idle for a whole batch at the end, 6% of the build)."""
+    tail = max(0, len(positions) - threads * batch_size)
+    small = max(1, batch_size // 4)
+    cuts = list(range(0, tail, batch_size)) + list(range(tail, len(positions), small))
+    return [positions[a:b] for a, b in zip(cuts, cuts[1:] + [len(positions)])]
 
 
 def _previous_rows(previous: ImageCache | None, catalog: Catalog):
