@@ -303,3 +303,14 @@ def test_extract_with_the_cache_gives_the_same_features(source, tiny_model_file,
                     assert np.asarray(a.features(layer)).tobytes() == np.asarray(b.features(layer)).tobytes()
     with pytest.raises(StaleCacheError, match="interpolation: cache 'bilinear', asked 'nearest'"):
         fastfeat.extract(source, str(tmp_path / "other.h5"), interpolation="nearest", cache=cache, **common)
+
+
+def test_build_work_units_cover_every_position_and_end_in_quarter_batches():
+    from fastfeat.cache.build import _work_units
+
+    for n in (0, 1, 7, 64, 65, 480, 481):
+        units = _work_units(np.arange(n), 32, 2)
+        assert np.array_equal(np.concatenate(units) if units else np.arange(0), np.arange(n))
+        sizes = [len(u) for u in units]
+        assert all(s == 32 for s in sizes[: max(0, (n - 64) // 32)])
+        assert all(s <= 8 for s in sizes[-min(len(sizes), 8):]) if n <= 64 or n % 32 == 0 else True

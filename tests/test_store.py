@@ -533,3 +533,27 @@ def test_update_meta_switches_slots_and_survives_resume(tmp_path):
         assert s.meta["note"] == "x" * 1000
     with h5py.File(path, "r") as f:
         assert json.loads(f.attrs["meta"]) == {"model": "m", "precision": "auto"}  # as created
+
+
+def test_large_rows_are_written_in_place_and_read_back_by_hdf5(tmp_path):
+    """Features whose chunks exceed HDF5's chunk cache go to the file with pwrite at the place
+    HDF5 would write them (StoreWriter._direct_layouts): HDF5 itself reads them back, across
+    uneven batches and a growth past the first capacity; small features stay on h5py."""
+    from fastfeat.store.writer import StoreWriter
+
+    path = str(tmp_path / "big.h5")
+    rows = np.random.default_rng(0).integers(0, 256, (70, 96, 96, 3), dtype=np.uint8)  # 27 KB rows
+    writer = StoreWriter(path, {"images": ((96, 96, 3), "uint8"), "small": ((3,), "int64")}, capacity=40,
+                         class_names=["a"], meta={}, chunk_rows=40)  # fmt: skip
+    assert set(writer._direct) == {"images"}
+    for a, b in [(0, 7), (7, 39), (39, 40), (40, 70)]:  # the last one grows the store
+        writer.append({"images": rows[a:b], "small": np.full((b - a, 3), a, np.int64)}, np.zeros(b - a),
+                      [f"f{i}" for i in range(a, b)], np.arange(a, b))  # fmt: skip
+        writer.commit()
+    writer.close(complete=True)
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["features/images"][:70], rows)
+        assert f["features/small"][69, 0] == 40
+    store = open_store(path)
+    np.testing.assert_array_equal(np.asarray(store.features("images")), rows)
+    store.close()

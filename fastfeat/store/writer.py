@@ -149,6 +149,8 @@ class StoreWriter:
         resumed = getattr(self, "_resumed_pending", {})
         self._pending = {k: resumed.get(k, self._features[k][:0]) for k in self._compressed}
         self._flushed = {k: self.rows - len(self._pending[k]) for k in self._compressed}
+        self._fd: int | None = None
+        self._direct = self._direct_layouts()
         self.overflow = int(self._state[layout.S_OVERFLOW])
         self.underflow = 0  # nonzero values stored as 0 by this writer (not kept in the file)
         self.float16_values = 0
@@ -208,6 +210,7 @@ class StoreWriter:
             ds.resize(new, axis=0)
         if not failures:
             self._state[layout.S_CAPACITY] = new
+            self._direct = self._direct_layouts()  # the new chunks may lie elsewhere
         self._file.flush()
 
     def append(
@@ -254,6 +257,8 @@ class StoreWriter:
                     self.float16_values += int(data.size)
                 if key in self._pending:
                     self._write_whole_chunks(key, cast)
+                elif key in self._direct:
+                    self._write_direct(key, start, cast)
                 else:
                     self._features[key][start:stop] = cast
             f[layout.LABELS][start:stop] = np.asarray(labels, dtype=np.int64)
@@ -263,6 +268,77 @@ class StoreWriter:
             self._used["paths"] = self._paths.write(start, self._used["paths"], encoded, self._grow)
         self.rows = stop
         self._batch_ends.append(stop)
+
+    def _direct_layouts(self) -> dict[str, tuple[int, int]]:
+        """``{key: (byte offset of row 0, bytes per row)}`` for the features written with
+        ``pwrite`` instead of h5py (:meth:`_write_direct`).
+
+        A feature qualifies when it is uncompressed, of a native numeric type, chunked along rows
+        only (or contiguous), and its chunks are all allocated back to back (as
+        :func:`fastfeat.store.create.create_store` lays them out: early allocation, the chunk
+        index in its own metadata block), and when a chunk is larger than HDF5's chunk cache, so
+        that HDF5 never holds a copy of one that a ``pwrite`` could make stale. The bytes then
+        go straight to the file at their place: measured on a cache build (480 images of 150 KB,
+        2 cores), 1,449 -> 1,664 img/s, h5py's chunked write being the main thread's largest cost.
+        Readers see no difference (it is where HDF5 would have written them).
+        """
+        from .codecs import chunk_table
+
+        rdcc_bytes = int(self._file.id.get_access_plist().get_cache()[2])
+        direct: dict[str, tuple[int, int]] = {}
+        for key, ds in self._features.items():
+            dtype = ds.dtype
+            if key in self._compressed or dtype.kind not in "fiub" or dtype.byteorder not in "=|":
+                continue
+            row_bytes = int(np.prod(ds.shape[1:], dtype=np.int64)) * dtype.itemsize
+            if ds.chunks is None:
+                offset = ds.id.get_offset()
+                if offset is not None and row_bytes * ds.shape[0] > rdcc_bytes:
+                    direct[key] = (int(offset), row_bytes)
+                continue
+            if tuple(ds.chunks[1:]) != tuple(ds.shape[1:]) or ds.id.get_create_plist().get_nfilters():
+                continue
+            chunk_bytes = int(ds.chunks[0]) * row_bytes
+            if chunk_bytes <= rdcc_bytes:
+                continue
+            table = chunk_table(ds)
+            starts = range(0, ds.shape[0], int(ds.chunks[0]))
+            entries = [table.get(r) for r in starts]
+            if not entries or any(e is None or e[1] != chunk_bytes or e[2] for e in entries):
+                continue
+            first = entries[0][0]
+            if all(e[0] == first + i * chunk_bytes for i, e in enumerate(entries)):
+                direct[key] = (first, row_bytes)
+        if direct and self._fd is None:
+            self._fd = self._same_file_fd()
+        return direct if self._fd is not None else {}
+
+    def _same_file_fd(self) -> int | None:
+        """A descriptor of the file HDF5 has open (``self.path``, checked by device and inode:
+        the store was renamed into place after HDF5 opened it), or None."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return None
+        try:
+            theirs, ours = os.fstat(self._file.id.get_vfd_handle()), os.fstat(fd)
+            if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
+                return fd
+        except (OSError, TypeError, ValueError, RuntimeError):  # another HDF5 driver: no plain descriptor
+            pass
+        os.close(fd)
+        return None
+
+    def _write_direct(self, key: str, start: int, data: np.ndarray) -> None:
+        """Rows ``start ...`` of ``key`` written with ``os.pwrite`` at their place in the file."""
+        offset, row_bytes = self._direct[key]
+        view = memoryview(np.ascontiguousarray(data)).cast("B")
+        position = offset + start * row_bytes
+        while len(view):
+            written = os.pwrite(self._fd, view, position)
+            if written <= 0:
+                raise OSError(f"{self.path!r}: writing rows of {key!r} made no progress")
+            view, position = view[written:], position + written
 
     def _write_whole_chunks(self, key: str, data: np.ndarray, final: bool = False) -> None:
         """Append ``data`` to the pending rows of a compressed feature; write the whole chunks
@@ -361,6 +437,12 @@ class StoreWriter:
                         pass  # the last committed state stays on disk; the caller has the first error
         finally:
             self._file = None
+            if self._fd is not None:
+                try:
+                    os.close(self._fd)
+                except OSError:
+                    pass
+                self._fd = None
             try:
                 if f.id.valid:
                     f.close()
