@@ -102,7 +102,7 @@ def print_table(rows: list[dict], columns: list[str], title: str = "") -> None:
     """Print rows (dicts) as a fixed-width table."""
     if title:
         print(f"\n{title}")
-    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
+    widths = {c: max([len(c), *(len(_fmt(r.get(c))) for r in rows)]) for c in columns}  # rows may be empty
     print("  ".join(c.ljust(widths[c]) for c in columns))
     print("  ".join("-" * widths[c] for c in columns))
     for r in rows:

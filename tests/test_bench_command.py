@@ -27,3 +27,11 @@ def test_sample_warning_threshold():
     assert sample_warning(MIN_MEANINGFUL_IMAGES, 32) is None
     text = sample_warning(6, 32)
     assert "only 6 images" in text and "1 batch" in text
+
+
+def test_benchmark_tables_print_with_no_rows(capsys):
+    """bench_extract with only --precisions auto has no summary rows (it raised TypeError)."""
+    from benchmarks.common import print_table
+
+    print_table([], ["model"], title="Goals")
+    assert capsys.readouterr().out.split("\n")[1:4] == ["Goals", "model", "-----"]
