@@ -185,6 +185,13 @@ def test_fits_a_tiny_model(folder):
     model.compile(optimizer="adam", loss="categorical_crossentropy")
     history = model.fit(ds, epochs=2, verbose=0, shuffle=False)  # the dataset reshuffles itself
     assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
+    # the same dataset as validation data, with a prefetch, and repeated with steps per epoch:
+    # Keras' iterations of one dataset follow each other (one at a time, as the epoch feed needs)
+    cached = ds.prefetch(2)
+    history = model.fit(cached, validation_data=cached, epochs=3, verbose=0, shuffle=False)
+    assert len(history.history["val_loss"]) == 3 and np.isfinite(history.history["val_loss"]).all()
+    history = model.fit(ds.repeat(), epochs=3, steps_per_epoch=2, verbose=0, shuffle=False)  # epochs across passes
+    assert len(history.history["loss"]) == 3
 
 
 def test_decode_settings_are_passed_through(tmp_path):
