@@ -122,6 +122,22 @@ def test_to_float32_streaming_cast_jitted_and_plain(size):
         kernels.to_float32(src, np.empty(size + 1, np.float32))
 
 
+@pytest.mark.parametrize("offset", [0, 1, 2, 5, 16])
+def test_normalize_batch_streaming_blocks_at_every_alignment(offset):
+    """The kernel writes 16 pixels at a time with streaming stores from the first 64-byte
+    boundary on: every alignment of ``dst`` gives Normalization.apply's bits, and nothing is
+    written outside ``dst``."""
+    x = np.random.default_rng(offset).integers(0, 256, (3, 17, 19, 3), dtype=np.uint8)
+    for mode in ("caffe", "tf", "torch", "rescale", "none"):
+        norm = get_normalization(mode)
+        for fn in (normalize_batch, normalize_batch.py_func):
+            memory = np.full(x.size + 64, -7.0, np.float32)
+            out = memory[offset + 8 : offset + 8 + x.size].reshape(x.shape)
+            fn(x, out, *norm.kernel_args())
+            np.testing.assert_array_equal(out, norm.apply(x))
+            assert (memory[: offset + 8] == -7.0).all() and (memory[offset + 8 + x.size :] == -7.0).all()
+
+
 def test_disable_jit_runs_plain_python():
     """FASTFEAT_DISABLE_JIT=1: no compilation, same results (in a fresh interpreter)."""
     code = textwrap.dedent(
