@@ -120,7 +120,7 @@ class EpochFeed:
         they all are. For benchmarks that must not time one dataset's work ahead in another's."""
         with self._lock:
             futures = [f for _, _, f in self._queue]
-        done, pending = wait(futures, timeout=timeout)
+        _, pending = wait(futures, timeout=timeout)
         return not pending
 
     def close(self) -> None:
