@@ -7,8 +7,8 @@ Shape::
         feed.take(i): result i of the current pass, computed ahead on the feed's threads;
         take(0) starts the next pass (a new ``items()``: a new shuffle, new augmentation keys)
 
-:func:`fastfeat.image_dataset` runs on it; one-pass extraction keeps
-:func:`fastfeat.loader.worker_dataset` (``from_generator``). Two costs of ``from_generator`` are
+:func:`fastfeat.image_dataset` and :meth:`fastfeat.FeatureStore.to_dataset` run on it; one-pass
+extraction keeps :func:`fastfeat.loader.worker_dataset` (``from_generator``). Two costs of ``from_generator`` are
 paid once per epoch, and an epoch read from a decoded-image cache is short (480 images in about
 40 ms on 2 cores), so they showed:
 
@@ -34,19 +34,23 @@ Rules of a pass (tf.data asks for elements in order, one at a time):
   the two iterations meets the error depends on how their requests interleave, and an iteration
   that stops right after taking one of the other's batches goes unnoticed: iterate one at a time.
 
-The worker threads stop when the dataset is garbage collected. Items still computed ahead for a
+This module imports nothing from fastfeat: the loader (``worker_dataset``), ``image_dataset`` and
+the store's tf.data adapter use it. The worker threads stop when the dataset is garbage collected. Items still computed ahead for a
 pass that never comes (after the last epoch) hold their results until then (one batch each).
 """
 
 from __future__ import annotations
 
 import collections
+import ctypes
+import os
+import platform
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
-from .loader import default_ahead, keep_large_allocations, pipeline_options
 
 
 class _Pass:
@@ -69,14 +73,14 @@ class EpochFeed:
         length: items per pass.
         threads: worker threads.
         ahead: items that may be finished and not taken beyond one per thread (default
-            :func:`fastfeat.loader.default_ahead`).
+            :func:`default_ahead`).
         next_pass: compute the next pass's first items once the current one is all handed out.
     """
 
     def __init__(self, items: Callable[[], Sequence], fn: Callable, length: int, threads: int,
                  ahead: int | None = None, next_pass: bool = True):  # fmt: skip
-        if int(length) < 1 or int(threads) < 1:
-            raise ValueError(f"`length` and `threads` must be >= 1. Received: length={length}, threads={threads}")
+        if int(length) < 0 or int(threads) < 1:
+            raise ValueError(f"`length` must be >= 0 and `threads` >= 1. Received: length={length}, threads={threads}")
         self._items, self._fn, self.length = items, fn, int(length)
         self.limit = int(threads) + (default_ahead(int(threads)) if ahead is None else int(ahead))
         self.next_pass = bool(next_pass)
@@ -176,3 +180,54 @@ def feed_dataset(feed: EpochFeed, signature):
 
     ds = tf.data.Dataset.range(feed.length).map(element)
     return pipeline_options(ds)
+
+
+def default_ahead(threads: int) -> int:
+    """Finished batches a pipeline may hold ahead of its consumer by default: as many as it has
+    worker threads, at least 2 (so ``threads + default_ahead(threads)`` batches can be alive)."""
+    return max(2, threads)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_large_allocations() -> bool:
+    """Let glibc serve allocations up to 32 MB from its heaps again; True if it was changed.
+
+    TensorFlow's ``Dataset.from_generator`` on Python 3.11 calls ``mallopt(M_MMAP_THRESHOLD,
+    128 KB)`` when its op is built (``ApplyPython311MemoryPatch``, seen in a debugger; against heap
+    growth in TF's own leak reports), which also freezes glibc's dynamic threshold, process-wide. Every decoded photo (500x375 RGB is 0.56 MB) and every batch buffer is then a
+    fresh ``mmap`` whose pages fault in and are unmapped again: measured on this project's 2-core
+    VM, 1.5 ms of kernel time per image, which more than halved the loader's throughput and that
+    of any OpenCV decoding in the process. glibc's own default moves the threshold up to the size
+    of the large blocks a program frees (at most 32 MB, trimming kept at twice that); this
+    restores those values, so a steady pipeline reuses its blocks. Called at the start of every
+    pass. Set ``FASTFEAT_MALLOC_TUNING=0`` to leave the allocator alone; a no-op off glibc.
+    """
+    if os.environ.get("FASTFEAT_MALLOC_TUNING", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) & bool(mallopt(_M_TRIM_THRESHOLD, 64 << 20))
+
+
+def pipeline_options(ds):
+    """``ds`` with tf.data's autotuner off.
+
+    Parallelism and run-ahead are fixed by :func:`ordered_map`, so the autotuner has nothing to
+    tune, and it hurts (measured on 2 cores, 480 JPEGs per epoch, interleaved): ``image_dataset``
+    epochs ran at 758-764 img/s in 4 of 5 rounds with it against 1,003-1,149 without, and when
+    this loader was a ``tf.data`` parallel map its thread took 0.2-0.3 s to stop at every
+    iterator deletion. Ops a user chains after the dataset then run without autotuning too: give
+    them an explicit ``num_parallel_calls``, or turn it back on with ``ds.with_options``.
+    """
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)

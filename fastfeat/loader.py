@@ -26,10 +26,6 @@ same images in turn, with a ``copy`` id per row (0 = plain, k = ``copies[k - 1]`
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
-import platform
-import sys
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -37,8 +33,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import decode as _decode
-from .catalog import Catalog
 from .buffers import BufferPool
+from .catalog import Catalog
+from .feed import default_ahead, keep_large_allocations, pipeline_options  # noqa: F401 -- re-exported
 from .kernels import normalize_batch, to_float32
 from .preprocess import Normalization, get_normalization
 from .quiet import filtered_stderr
@@ -219,12 +216,6 @@ class Loader:
         return worker_dataset(lambda: batches, self.load_batch, signature, len(batches), threads, prefetch)
 
 
-def default_ahead(threads: int) -> int:
-    """Finished batches a pipeline may hold ahead of its consumer by default: as many as it has
-    worker threads, at least 2 (so ``threads + default_ahead(threads)`` batches can be alive)."""
-    return max(2, threads)
-
-
 def worker_dataset(items: Callable[[], Iterable], fn: Callable, signature, length: int, threads: int,
                    ahead: int | None = None):  # fmt: skip
     """A ``tf.data.Dataset`` whose every iteration is one pass: ``fn(item)`` for each of
@@ -290,48 +281,3 @@ def opencv_single_threaded():
             _OPENCV_PASSES["running"] -= 1
             if _OPENCV_PASSES["running"] == 0:
                 cv2.setNumThreads(_OPENCV_PASSES["previous"])
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-
-
-def keep_large_allocations() -> bool:
-    """Let glibc serve allocations up to 32 MB from its heaps again; True if it was changed.
-
-    TensorFlow's ``Dataset.from_generator`` on Python 3.11 calls ``mallopt(M_MMAP_THRESHOLD,
-    128 KB)`` when its op is built (``ApplyPython311MemoryPatch``, seen in a debugger; against heap
-    growth in TF's own leak reports), which also freezes glibc's dynamic threshold, process-wide. Every decoded photo (500x375 RGB is 0.56 MB) and every batch buffer is then a
-    fresh ``mmap`` whose pages fault in and are unmapped again: measured on this project's 2-core
-    VM, 1.5 ms of kernel time per image, which more than halved the loader's throughput and that
-    of any OpenCV decoding in the process. glibc's own default moves the threshold up to the size
-    of the large blocks a program frees (at most 32 MB, trimming kept at twice that); this
-    restores those values, so a steady pipeline reuses its blocks. Called at the start of every
-    pass. Set ``FASTFEAT_MALLOC_TUNING=0`` to leave the allocator alone; a no-op off glibc.
-    """
-    if os.environ.get("FASTFEAT_MALLOC_TUNING", "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) & bool(mallopt(_M_TRIM_THRESHOLD, 64 << 20))
-
-
-def pipeline_options(ds):
-    """``ds`` with tf.data's autotuner off.
-
-    Parallelism and run-ahead are fixed by :func:`ordered_map`, so the autotuner has nothing to
-    tune, and it hurts (measured on 2 cores, 480 JPEGs per epoch, interleaved): ``image_dataset``
-    epochs ran at 758-764 img/s in 4 of 5 rounds with it against 1,003-1,149 without, and when
-    this loader was a ``tf.data`` parallel map its thread took 0.2-0.3 s to stop at every
-    iterator deletion. Ops a user chains after the dataset then run without autotuning too: give
-    them an explicit ``num_parallel_calls``, or turn it back on with ``ds.with_options``.
-    """
-    import tensorflow as tf
-
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return ds.with_options(options)

@@ -142,8 +142,9 @@ def test_workers_stop_when_the_feed_goes():
 
 
 def test_feed_arguments():
-    with pytest.raises(ValueError, match="length=0"):
-        EpochFeed(list, abs, 0, 1)
+    with pytest.raises(ValueError, match="length=-1"):
+        EpochFeed(list, abs, -1, 1)
+    assert list(feed_dataset(EpochFeed(list, abs, 0, 1), tf.TensorSpec((), tf.int64))) == []  # no work
     feed = EpochFeed(lambda: [1, 2], abs, 3, 1)
     with pytest.raises(RuntimeError, match="a pass has 2 items, the dataset 3"):
         feed.take(0)

@@ -71,6 +71,8 @@ def test_to_dataset_batches_labels_and_reshuffle(tmp_path, compression):
         assert np.array_equal(first, rows_of(s.index[:16]).reshape(16, -1))
         with pytest.raises(ValueError, match="Received: batch_size=0"):
             s.to_dataset("conv", batch_size=0)
+        empty = s.to_dataset("conv", batch_size=8, rows=np.array([], np.int64))  # no batches, no work
+        assert int(empty.cardinality()) == 0 and list(empty) == []
 
 
 def test_to_dataset_trains_a_dense_head(small):

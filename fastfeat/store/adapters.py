@@ -87,6 +87,18 @@ def iterate_batches(
     """An endless-epoch iterator factory: each call of the returned function yields one epoch
     of ``(features, labels)`` NumPy batches, read by a background thread, reshuffled each epoch.
     ``copies``/``rows`` choose rows as in :func:`arrays`."""
+    epoch, read, features, labels = _epoch_source(store, layer, batch_size, shuffle, seed, flatten, drop_remainder,
+                                                  copies, rows)  # fmt: skip
+
+    def one_epoch():
+        yield from ordered_map(read, epoch(), threads=1, ahead=max(0, int(prefetch) - 1))
+
+    return one_epoch, features, labels
+
+
+def _epoch_source(store, layer, batch_size, shuffle, seed, flatten, drop_remainder, copies, rows):
+    """``(epoch, read, features, labels)``: ``epoch()`` gives the next epoch's batches of row
+    indices (a new permutation each call), ``read(indices)`` one ``(features, labels)`` batch."""
     batch_size = _check_batch(batch_size)
     features, labels = _subset(store, layer, flatten, copies, rows)
     seed = int(np.random.SeedSequence().entropy % (2**63)) if seed is None else int(seed)
@@ -95,11 +107,10 @@ def iterate_batches(
     def read(idx):
         return np.ascontiguousarray(features[idx]), labels[idx]
 
-    def one_epoch():
-        batches = epoch_batches(len(features), batch_size, shuffle, seed, next(epochs), drop_remainder)
-        yield from ordered_map(read, batches, threads=1, ahead=max(0, int(prefetch) - 1))
+    def epoch():
+        return epoch_batches(len(features), batch_size, shuffle, seed, next(epochs), drop_remainder)
 
-    return one_epoch, features, labels
+    return epoch, read, features, labels
 
 
 def to_dataset(
@@ -131,24 +142,30 @@ def to_dataset(
             ``store.to_dataset(rows=train)`` and ``store.to_dataset(rows=val, copies=0)``.
 
     Returns:
-        A ``tf.data.Dataset`` yielding (float features, int64 labels). It shuffles itself: pass
-        ``shuffle=False`` to ``model.fit`` (Keras otherwise warns that it ignores its own shuffle).
+        A ``tf.data.Dataset`` yielding (float features, int64 labels), one epoch per iteration
+        (one iteration at a time), of known length. It shuffles itself: pass ``shuffle=False`` to
+        ``model.fit`` (Keras otherwise warns that it ignores its own shuffle).
+
+    The batches are read by a background thread that outlives the epoch (:mod:`fastfeat.feed`):
+    it starts the next epoch's first batches as an epoch ends. Measured (2,000 rows of 1,280
+    float32, batch 64, 2 cores): a ``from_generator`` epoch took 54.7 ms, 27.7 ms of it before the
+    first batch.
     """
-    one_epoch, features, _ = iterate_batches(
-        store, layer, batch_size, shuffle, seed, flatten, drop_remainder, prefetch, copies=copies, rows=rows
-    )
+    epoch, read, features, _ = _epoch_source(store, layer, batch_size, shuffle, seed, flatten, drop_remainder,
+                                             copies, rows)  # fmt: skip
     import tensorflow as tf
 
-    first = batch_size if drop_remainder else None
+    from ..feed import EpochFeed, feed_dataset
+
+    first = int(batch_size) if drop_remainder else None
     signature = (
         tf.TensorSpec((first,) + tuple(features.shape[1:]), tf.as_dtype(features.dtype)),
         tf.TensorSpec((first,), tf.int64),
     )
     n = len(features)
     batches = n // batch_size if drop_remainder else -(-n // batch_size)
-    dataset = tf.data.Dataset.from_generator(one_epoch, output_signature=signature)
-    # a known length: Keras shows progress and knows where an epoch ends
-    return dataset.apply(tf.data.experimental.assert_cardinality(batches)).prefetch(1)
+    feed = EpochFeed(epoch, read, batches, threads=1, ahead=max(0, int(prefetch) - 1))
+    return feed_dataset(feed, signature).prefetch(1)
 
 
 def to_pydataset(
