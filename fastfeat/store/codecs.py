@@ -184,6 +184,16 @@ def chunk_table(ds: h5py.Dataset) -> dict[int, tuple[int, int, int]]:
     return table
 
 
+def back_to_back(entries: list, chunk_bytes: int) -> int | None:
+    """The byte offset of the first chunk when every chunk in ``entries`` (``chunk_table`` values
+    in row order, ``None`` for a missing one) is stored whole and unfiltered (``chunk_bytes``,
+    mask 0) right after the one before, so that the rows lie in one piece; else None."""
+    if not entries or any(e is None or e[1] != chunk_bytes or e[2] for e in entries):
+        return None
+    first = entries[0][0]
+    return first if all(e[0] == first + i * chunk_bytes for i, e in enumerate(entries)) else None
+
+
 def max_stored_bytes(chunk_bytes: int) -> int:
     """The most bytes any filter fastfeat reads may store a chunk of ``chunk_bytes`` in (above
     zlib's ``compressBound``; LZF and shuffle store at most the chunk itself)."""

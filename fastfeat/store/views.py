@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 from . import codecs
-from .codecs import DamagedStoreError, chunk_problems, chunk_table
+from .codecs import DamagedStoreError, back_to_back, chunk_problems, chunk_table
 
 #: Decoded chunks kept per compressed view (sequential int/slice reads hit it).
 CACHE_BYTES = 64 * 1024 * 1024
@@ -362,8 +362,8 @@ def map_features(path: str, ds: h5py.Dataset, rows: int, workers: int | None = N
         for i, (_, size, mask) in enumerate(entries):
             if (size != chunk_bytes or mask) and i not in problems:  # HDF5 stores unfiltered chunks whole
                 problems[i] = f"the chunk index gives {size} bytes (mask {mask}) for {chunk_bytes} unfiltered bytes"
-        start = entries[0][0]
-        if not problems and all(off == start + i * chunk_bytes for i, (off, _, _) in enumerate(entries)):
+        start = back_to_back(entries, chunk_bytes)
+        if not problems and start is not None:
             return np.memmap(path, dtype=dtype, mode="r", offset=start, shape=shape)
         whole = _file_map(path)
         offsets = [off for off, _, _ in entries]

@@ -282,7 +282,7 @@ class StoreWriter:
         2 cores), 1,449 -> 1,664 img/s, h5py's chunked write being the main thread's largest cost.
         Readers see no difference (it is where HDF5 would have written them).
         """
-        from .codecs import chunk_table
+        from .codecs import back_to_back, chunk_table
 
         rdcc_bytes = int(self._file.id.get_access_plist().get_cache()[2])
         direct: dict[str, tuple[int, int]] = {}
@@ -302,12 +302,8 @@ class StoreWriter:
             if chunk_bytes <= rdcc_bytes:
                 continue
             table = chunk_table(ds)
-            starts = range(0, ds.shape[0], int(ds.chunks[0]))
-            entries = [table.get(r) for r in starts]
-            if not entries or any(e is None or e[1] != chunk_bytes or e[2] for e in entries):
-                continue
-            first = entries[0][0]
-            if all(e[0] == first + i * chunk_bytes for i, e in enumerate(entries)):
+            first = back_to_back([table.get(r) for r in range(0, ds.shape[0], int(ds.chunks[0]))], chunk_bytes)
+            if first is not None:
                 direct[key] = (first, row_bytes)
         if direct and self._fd is None:
             self._fd = self._same_file_fd()
