@@ -82,10 +82,6 @@ def normalize_batch(src, dst, perm, lut):
             if (d.ctypes.data + 12 * k) % 64 == 0:
                 head = k
                 break
-    for k in range(head):
-        d[3 * k] = l0[s[k, p0]]
-        d[3 * k + 1] = l1[s[k, p1]]
-        d[3 * k + 2] = l2[s[k, p2]]
     scratch = np.empty(48, np.float32)
     blocks = (pixels - head) // 16
     for b in range(blocks):
@@ -95,10 +91,11 @@ def normalize_batch(src, dst, perm, lut):
             scratch[3 * j + 1] = l1[s[first + j, p1]]
             scratch[3 * j + 2] = l2[s[first + j, p2]]
         _stream48(scratch, d, 3 * first)
-    for k in range(head + 16 * blocks, pixels):
-        d[3 * k] = l0[s[k, p0]]
-        d[3 * k + 1] = l1[s[k, p1]]
-        d[3 * k + 2] = l2[s[k, p2]]
+    for lo, hi in ((0, head), (head + 16 * blocks, pixels)):  # the pixels before and after the blocks
+        for k in range(lo, hi):
+            d[3 * k] = l0[s[k, p0]]
+            d[3 * k + 1] = l1[s[k, p1]]
+            d[3 * k + 2] = l2[s[k, p2]]
     _store_fence()
 
 
@@ -224,11 +221,10 @@ def to_float32(src, dst):
     if dst.shape[0] != n:
         raise ValueError("to_float32: `src` and `dst` must have the same size")
     head = min(n, ((64 - dst.ctypes.data % 64) % 64) // 4) if dst.ctypes.data % 4 == 0 else n
-    for k in range(head):
-        dst[k] = np.float32(src[k])
     blocks = (n - head) // 16
     for b in range(blocks):
         _convert16(src, dst, head + 16 * b)
-    for k in range(head + 16 * blocks, n):
-        dst[k] = np.float32(src[k])
+    for lo, hi in ((0, head), (head + 16 * blocks, n)):  # the elements before and after the blocks
+        for k in range(lo, hi):
+            dst[k] = np.float32(src[k])
     _store_fence()
